@@ -1,0 +1,55 @@
+"""keepreading: newsletter subscriptions and a paywall beside a publisher's blog."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from flask import Flask
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import config as settings_module
+
+
+def create_app(config: Mapping[str, Any] | None = None) -> Flask:
+    instance = Path(os.environ.get("KEEPREADING_INSTANCE_PATH") or Path.cwd() / "instance").resolve()
+    instance.mkdir(parents=True, exist_ok=True)
+    app = Flask(__name__, instance_path=str(instance))
+    app.config.update(settings_module.load(instance, config))
+    if app.config["PROXY_COUNT"]:
+        count = app.config["PROXY_COUNT"]
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
+    _init_extensions(app)
+    _register_blueprints(app)
+    from . import commands, errors, health, security
+
+    errors.register(app)
+    security.register(app)
+    health.register_metrics(app)
+    commands.register(app)
+    return app
+
+
+def _init_extensions(app: Flask) -> None:
+    from . import models  # noqa: F401  (tables registered on the metadata)
+    from .extensions import celery_init_app, csrf, db, limiter, migrate
+
+    db.init_app(app)
+    migrate.init_app(app, db)
+    app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"] or "memory://")
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", False)
+    limiter.init_app(app)
+    csrf.init_app(app)
+    celery_init_app(app)
+    from . import tasks  # noqa: F401  (registers the tasks on the Celery app)
+
+
+def _register_blueprints(app: Flask) -> None:
+    from .web import api, ops, reader
+    from .extensions import csrf
+
+    app.register_blueprint(reader.bp)
+    app.register_blueprint(api.bp, url_prefix="/api/v1")
+    app.register_blueprint(ops.bp)
+    csrf.exempt(api.bp)
+    csrf.exempt(ops.bp)

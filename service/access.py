@@ -1,0 +1,57 @@
+"""Who may read what: the reader session cookie and the one gating rule."""
+from __future__ import annotations
+
+from flask import Response, current_app, g, request
+
+from . import tokens
+from .errors import InvalidToken
+from .extensions import db
+from .models import Post, Subscriber
+
+COOKIE = "kr_reader"
+READING_STATUSES = ("confirmed", "bounced")
+
+
+def can_read(reader: Subscriber | None, post: Post) -> bool:
+    """Public posts are for everyone; the rest for confirmed subscribers."""
+    if not post.is_gated:
+        return True
+    return reader is not None and reader.status in READING_STATUSES
+
+
+def reader_from_session(cookie: str | None) -> Subscriber | None:
+    """The subscriber a signed session cookie names, if it is still valid for them."""
+    if not cookie:
+        return None
+    try:
+        payload = tokens.verify("reader", cookie)
+    except InvalidToken:
+        return None
+    reader = db.session.get(Subscriber, payload[0])
+    if reader is None or not tokens.matches(payload, reader.email):
+        return None
+    return reader
+
+
+def current_reader() -> Subscriber | None:
+    if "reader" not in g:
+        g.reader = reader_from_session(request.cookies.get(COOKIE))
+    return g.reader
+
+
+def sign_in(response: Response, reader: Subscriber) -> None:
+    config = current_app.config
+    response.set_cookie(
+        COOKIE,
+        tokens.make("reader", reader.id, reader.email),
+        max_age=config["READER_SESSION_MAX_AGE"],
+        httponly=True,
+        samesite="Lax",
+        secure=config["SECURE_COOKIES"],
+    )
+    g.reader = reader
+
+
+def sign_out(response: Response) -> None:
+    response.delete_cookie(COOKIE, httponly=True, samesite="Lax", secure=current_app.config["SECURE_COOKIES"])
+    g.reader = None

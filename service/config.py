@@ -1,0 +1,89 @@
+"""Settings from KEEPREADING_* environment variables, with embedded defaults."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Mapping
+
+PREFIX = "KEEPREADING_"
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot run: the message says what to set."""
+
+
+def _env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(PREFIX + name)
+    return value if value not in (None, "") else default
+
+
+def _persistent_secret(instance: Path, filename: str, make) -> str:
+    """Generate a value once and keep it in the instance folder (development only)."""
+    path = instance / filename
+    if path.exists():
+        return path.read_text().strip()
+    value = make()
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Build the app config: defaults, then the environment, then overrides."""
+    overrides = dict(overrides or {})
+    environment = overrides.get("ENV") or _env("ENV", "production")
+    testing = bool(overrides.get("TESTING"))
+    development = environment == "development" or testing
+    config: dict[str, Any] = {
+        "ENV": environment,
+        "SECRET_KEY": _env("SECRET_KEY"),
+        "SECRET_KEY_FALLBACKS": _split(_env("SECRET_KEY_FALLBACKS", "")),
+        "SQLALCHEMY_DATABASE_URI": _env("DATABASE_URL", f"sqlite:///{instance / 'keepreading.sqlite'}"),
+        "BROKER_URL": _env("BROKER_URL", f"sqla+sqlite:///{instance / 'broker.sqlite'}"),
+        "CELERY_QUEUE": _env("CELERY_QUEUE", "celery"),
+        "REDIS_URL": _env("REDIS_URL"),
+        "SMTP_URL": _env("SMTP_URL"),
+        "MAIL_FROM": _env("MAIL_FROM"),
+        "BASE_URL": _env("BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
+        "ADMIN_TOKEN": _env("ADMIN_TOKEN"),
+        "PUBLICATION_NAME": _env("PUBLICATION_NAME", "The Slow Harbour"),
+        "EMBED_ORIGINS": _split(_env("EMBED_ORIGINS", "")),
+        "SIGNUP_RATE_LIMIT": _env("SIGNUP_RATE_LIMIT", "10/minute;100/hour"),
+        "ADDRESS_RATE_LIMIT": _env("ADDRESS_RATE_LIMIT", "5/hour;20/day"),
+        "CONFIRM_COOLDOWN": int(_env("CONFIRM_COOLDOWN", "600")),
+        "PROXY_COUNT": int(_env("PROXY_COUNT", "0")),
+        "UNSUBSCRIBE_MAILTO": _env("UNSUBSCRIBE_MAILTO"),
+        "CONFIRM_MAX_AGE": int(_env("CONFIRM_MAX_AGE", str(48 * 3600))),
+        "SIGNIN_MAX_AGE": int(_env("SIGNIN_MAX_AGE", str(3600))),
+        "ARTICLE_LINK_MAX_AGE": int(_env("ARTICLE_LINK_MAX_AGE", str(30 * 24 * 3600))),
+        "READER_SESSION_MAX_AGE": 365 * 24 * 3600,
+        "DIGEST_BATCH_SIZE": int(_env("DIGEST_BATCH_SIZE", "1000")),
+        "MAX_CONTENT_LENGTH": 64 * 1024,
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        "WTF_CSRF_TIME_LIMIT": None,
+    }
+    config.update(overrides)
+    _finish_secrets(config, instance, development)
+    config["SECURE_COOKIES"] = config["BASE_URL"].startswith("https://")
+    config["MAIL_FROM"] = config["MAIL_FROM"] or f'{config["PUBLICATION_NAME"]} <newsletter@localhost>'
+    return config
+
+
+def _finish_secrets(config: dict[str, Any], instance: Path, development: bool) -> None:
+    if not config["SECRET_KEY"]:
+        if not development:
+            raise ConfigError(
+                "KEEPREADING_SECRET_KEY is not set: refusing to start in production "
+                "(set it, or KEEPREADING_ENV=development for local use)"
+            )
+        config["SECRET_KEY"] = _persistent_secret(instance, "secret_key", lambda: secrets.token_hex(32))
+    if not config["ADMIN_TOKEN"]:
+        if not development:
+            config["ADMIN_TOKEN"] = None  # the admin API stays closed
+        else:
+            config["ADMIN_TOKEN"] = _persistent_secret(instance, "admin_token", lambda: secrets.token_urlsafe(24))
+
+
+def _split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]

@@ -1,0 +1,171 @@
+"""Post bodies: Markdown to sanitised HTML, and teasers cut at element boundaries."""
+from __future__ import annotations
+
+import re
+from html import escape
+from html.parser import HTMLParser
+
+import nh3
+from markdown_it import MarkdownIt
+
+MORE_MARKER = "<!--more-->"
+_markdown = MarkdownIt("commonmark", {"html": True, "linkify": False, "typographer": False}).enable("table")
+_VOID = {"area", "br", "col", "embed", "hr", "img", "input", "source", "track", "wbr"}
+_WORD = re.compile(r"\S+")
+_ALLOWED_TAGS = nh3.ALLOWED_TAGS | {"figure", "figcaption"}
+
+
+def render(markdown: str) -> str:
+    """Markdown (raw HTML allowed) to HTML that nh3 has made safe."""
+    html = _markdown.render(markdown.replace(MORE_MARKER, ""))
+    return sanitise(html)
+
+
+def sanitise(html: str) -> str:
+    return nh3.clean(
+        html,
+        tags=_ALLOWED_TAGS,
+        url_schemes={"http", "https", "mailto"},
+        link_rel="noopener noreferrer nofollow",
+    ).strip()
+
+
+def teaser(markdown: str, word_budget: int) -> str:
+    """The content before <!--more-->, else the leading blocks within the word budget."""
+    if MORE_MARKER in markdown:
+        return render(markdown.split(MORE_MARKER, 1)[0])
+    return cut_to_words(render(markdown), word_budget)
+
+
+def cut_to_words(html: str, budget: int) -> str:
+    """Whole top-level blocks while they fit; a first block that alone overflows is cut at a word."""
+    blocks = _Blocks.split(html)
+    kept, words = [], 0
+    for block_html, block_words in blocks:
+        if kept and words + block_words > budget:
+            break
+        if not kept and block_words > budget:
+            return _truncate_block(block_html, budget)
+        kept.append(block_html)
+        words += block_words
+    return "".join(kept).strip()
+
+
+def word_count(html: str) -> int:
+    return sum(count for _, count in _Blocks.split(html))
+
+
+def plain_text(html: str) -> str:
+    return re.sub(r"\s+", " ", nh3.clean(html, tags=set())).strip()
+
+
+class _Blocks(HTMLParser):
+    """Splits well-formed HTML into its top-level elements, counting each one's words."""
+
+    def __init__(self, source: str):
+        super().__init__(convert_charrefs=True)
+        self.source = source
+        self.depth = 0
+        self.start = 0
+        self.words = 0
+        self.blocks: list[tuple[str, int]] = []
+        self.line_offsets = [0]
+        for line in source.splitlines(keepends=True):
+            self.line_offsets.append(self.line_offsets[-1] + len(line))
+
+    @classmethod
+    def split(cls, source: str) -> list[tuple[str, int]]:
+        parser = cls(source)
+        parser.feed(source)
+        parser.close()
+        parser._end_block(len(source))
+        return parser.blocks
+
+    def _offset(self) -> int:
+        line, column = self.getpos()
+        return self.line_offsets[line - 1] + column
+
+    def _end_block(self, end: int) -> None:
+        chunk = self.source[self.start:end]
+        if chunk.strip():
+            self.blocks.append((chunk, self.words))
+        self.start, self.words = end, 0
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in _VOID:
+            self.depth += 1
+        elif self.depth == 0:
+            self._end_block(self._offset() + len(self.get_starttag_text() or ""))
+
+    def handle_startendtag(self, tag, attrs):
+        if self.depth == 0:
+            self._end_block(self._offset() + len(self.get_starttag_text() or ""))
+
+    def handle_endtag(self, tag):
+        if tag in _VOID:
+            return
+        self.depth = max(self.depth - 1, 0)
+        if self.depth == 0:
+            end = self.source.index(">", self._offset()) + 1
+            self._end_block(end)
+
+    def handle_data(self, data):
+        self.words += len(_WORD.findall(data))
+
+
+class _Truncator(HTMLParser):
+    """Re-emits HTML up to a word budget, then closes every open element."""
+
+    def __init__(self, budget: int):
+        super().__init__(convert_charrefs=True)
+        self.budget = budget
+        self.words = 0
+        self.out: list[str] = []
+        self.open: list[str] = []
+        self.done = False
+
+    def handle_starttag(self, tag, attrs):
+        if self.done:
+            return
+        self.out.append(self.get_starttag_text() or f"<{tag}>")
+        if tag not in _VOID:
+            self.open.append(tag)
+
+    def handle_startendtag(self, tag, attrs):
+        if not self.done:
+            self.out.append(self.get_starttag_text() or f"<{tag}>")
+
+    def handle_endtag(self, tag):
+        if self.done or tag in _VOID:
+            return
+        if self.open and self.open[-1] == tag:
+            self.open.pop()
+            self.out.append(f"</{tag}>")
+
+    def handle_data(self, data):
+        if self.done:
+            return
+        words = _WORD.findall(data)
+        left = self.budget - self.words
+        if len(words) <= left:
+            self.out.append(escape(data, quote=False))
+            self.words += len(words)
+            return
+        kept = data[: _end_of_word(data, left)]
+        self.out.append(escape(kept, quote=False) + "…")
+        self.done = True
+
+    def result(self) -> str:
+        return "".join(self.out) + "".join(f"</{tag}>" for tag in reversed(self.open))
+
+
+def _end_of_word(text: str, count: int) -> int:
+    matches = list(_WORD.finditer(text))
+    return matches[count - 1].end() if count > 0 else 0
+
+
+def _truncate_block(html: str, budget: int) -> str:
+    truncator = _Truncator(budget)
+    truncator.feed(html)
+    truncator.close()
+    return truncator.result()

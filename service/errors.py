@@ -1,0 +1,88 @@
+"""Domain errors, and the one handler that maps them to HTTP as HTML or JSON."""
+from __future__ import annotations
+
+from flask import Flask, jsonify, render_template, request
+from werkzeug.exceptions import HTTPException
+
+
+class DomainError(Exception):
+    status = 400
+    code = "error"
+
+    def __init__(self, message: str = "", field: str | None = None):
+        super().__init__(message or self.__doc__)
+        self.message = message or (self.__doc__ or "").strip()
+        self.field = field
+
+
+class ValidationError(DomainError):
+    """The input is not valid."""
+
+    status = 422
+    code = "invalid"
+
+
+class NotFound(DomainError):
+    """Not found."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(DomainError):
+    """That conflicts with something that exists."""
+
+    status = 409
+    code = "conflict"
+
+
+class InvalidToken(DomainError):
+    """This link is not valid."""
+
+    status = 400
+    code = "invalid_token"
+
+    def __init__(self, purpose: str = ""):
+        super().__init__()
+        self.purpose = purpose
+
+
+class TokenExpired(InvalidToken):
+    """This link has expired."""
+
+    code = "expired_token"
+
+    def __init__(self, purpose: str = "", payload=None):
+        super().__init__(purpose)
+        self.payload = payload
+
+
+class RateLimited(DomainError):
+    """Too many requests; try again later."""
+
+    status = 429
+    code = "rate_limited"
+
+
+def wants_json() -> bool:
+    if request.path.startswith("/api/"):
+        return True
+    best = request.accept_mimetypes.best_match(["text/html", "application/json"])
+    return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(DomainError)
+    def domain_error(error: DomainError):
+        if wants_json():
+            body = {"error": error.code, "message": error.message}
+            if error.field:
+                body["field"] = error.field
+            return jsonify(body), error.status
+        return render_template("error.html", error=error), error.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException):
+        if wants_json():
+            return jsonify(error=error.name.lower().replace(" ", "_"), message=error.description), error.code
+        return render_template("error.html", error=error), error.code

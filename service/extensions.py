@@ -1,0 +1,77 @@
+"""Extensions created unbound, bound to the app in create_app."""
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from celery import Celery, Task
+from flask import Flask
+from flask_limiter import Limiter
+from flask_limiter.util import get_remote_address
+from flask_migrate import Migrate
+from flask_sqlalchemy import SQLAlchemy
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+db = SQLAlchemy(model_class=Base)
+migrate = Migrate(directory=str(Path(__file__).parent / "migrations"))
+limiter = Limiter(key_func=get_remote_address, default_limits=[], strategy="moving-window")
+csrf = CSRFProtect()
+
+
+@event.listens_for(Engine, "connect")
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    """SQLite: enforce foreign keys (cascades), and let the web and the worker share the file."""
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+
+def celery_init_app(app: Flask) -> Celery:
+    """Flask's Celery pattern: every task runs inside an app context."""
+
+    class FlaskTask(Task):
+        def __call__(self, *args, **kwargs):
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery = Celery(app.name, task_cls=FlaskTask)
+    celery.config_from_object(celery_settings(app.config))
+    celery.set_default()
+    app.extensions["celery"] = celery
+    return celery
+
+
+def celery_settings(config) -> dict:
+    """At-least-once delivery with idempotent tasks: late acks, requeue on lost workers."""
+    broker = config["BROKER_URL"]
+    settings = {
+        "broker_url": broker,
+        "task_ignore_result": True,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "timezone": "UTC",
+        "beat_schedule": {
+            "dispatch-digests": {"task": "service.tasks.dispatch_digests", "schedule": 120.0},
+            "flush-outbox": {"task": "service.tasks.flush_outbox", "schedule": 60.0},
+        },
+        "task_default_queue": config.get("CELERY_QUEUE") or "celery",
+    }
+    if broker.startswith("redis"):
+        # Longer than any retry countdown, so a delayed task is never redelivered early.
+        settings["broker_transport_options"] = {"visibility_timeout": 3 * 3600}
+    return settings

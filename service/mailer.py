@@ -1,0 +1,182 @@
+"""Email: render a .txt/.html pair from emails/, inline its CSS, hand the bytes to a transport."""
+from __future__ import annotations
+
+import logging
+import re
+import smtplib
+import ssl
+import uuid
+from datetime import datetime, timezone
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, formataddr, make_msgid, parseaddr
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import css_inline
+from flask import current_app
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+log = logging.getLogger(__name__)
+EMAILS_DIR = Path(__file__).resolve().parent.parent / "emails"
+templates = Environment(
+    loader=FileSystemLoader(EMAILS_DIR),
+    autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
+    undefined=StrictUndefined,
+    trim_blocks=True,
+    lstrip_blocks=True,
+)
+_inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
+_LINK = re.compile(r"https?://\S+")
+
+
+class DeliveryError(Exception):
+    """The SMTP server refused a message: `code` says whether to retry (4xx) or give up (5xx)."""
+
+    def __init__(self, code: int, message: str = ""):
+        super().__init__(f"{code} {message}".strip())
+        self.code = code
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+
+def render_pair(name: str, **context) -> tuple[str, str]:
+    """The text and HTML bodies of emails/<name>.txt|.html, CSS inlined into the HTML."""
+    text = templates.get_template(f"{name}.txt").render(**context)
+    html = templates.get_template(f"{name}.html").render(**context)
+    return text, _inliner.inline(html)
+
+
+def one_line(value: str) -> str:
+    """Header-safe text: data never brings a CR or LF into a header."""
+    return " ".join(str(value).split())
+
+
+def sender() -> tuple[str, str]:
+    """(display name, address) of MAIL_FROM."""
+    display, address = parseaddr(current_app.config["MAIL_FROM"])
+    return one_line(display), address or "newsletter@localhost"
+
+
+def build(to_email: str, to_name: str, subject: str, text: str, html: str, headers: dict | None = None) -> EmailMessage:
+    """A multipart/alternative message with safe headers (names RFC 2047-encoded by the policy)."""
+    display, address = sender()
+    message = EmailMessage()
+    message["From"] = Address(display, addr_spec=address) if display else address
+    message["To"] = Address(one_line(to_name), addr_spec=to_email) if to_name.strip() else to_email
+    message["Subject"] = one_line(subject)
+    message["Date"] = format_datetime(datetime.now(timezone.utc))
+    message["Message-ID"] = make_msgid(domain=address.rpartition("@")[2] or "localhost")
+    for key, value in (headers or {}).items():
+        message[key] = one_line(value)
+    message.set_content(text)
+    message.add_alternative(html, subtype="html")
+    return message
+
+
+def send_message(message: EmailMessage, transport=None) -> None:
+    own = transport is None
+    transport = transport or open_transport()
+    try:
+        transport.send(sender()[1], [parseaddr(str(message["To"]))[1]], message.as_bytes())
+    finally:
+        if own:
+            transport.close()
+
+
+def open_transport():
+    url = current_app.config.get("SMTP_URL")
+    if url:
+        return SMTPTransport(url)
+    return FileTransport(Path(current_app.instance_path) / "outbox")
+
+
+class FileTransport:
+    """The embedded default: each message becomes an .eml file, its links written to the log."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        folder.mkdir(parents=True, exist_ok=True)
+
+    def send(self, from_addr: str, to_addrs: list[str], message: bytes) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        path = self.folder / f"{stamp}-{uuid.uuid4().hex[:8]}.eml"
+        path.write_bytes(message)
+        links = sorted(set(_LINK.findall(message.decode("utf-8", "replace"))))
+        log.warning("email to %s written to %s; links: %s", ", ".join(to_addrs), path, " ".join(links))
+
+    def close(self) -> None:
+        pass
+
+
+class SMTPTransport:
+    """One SMTP connection kept open across sends, reopened when the server drops it."""
+
+    def __init__(self, url: str, timeout: float = 30):
+        parts = urlsplit(url)
+        if parts.scheme not in ("smtp", "smtps"):
+            raise ValueError("KEEPREADING_SMTP_URL must start with smtp:// or smtps://")
+        self.host = parts.hostname or "localhost"
+        self.ssl = parts.scheme == "smtps"
+        self.port = parts.port or (465 if self.ssl else 25)
+        self.username = unquote(parts.username) if parts.username else None
+        self.password = unquote(parts.password) if parts.password else None
+        self.starttls = parse_qs(parts.query).get("starttls", ["0"])[0] in ("1", "true", "yes")
+        self.timeout = timeout
+        self.connection: smtplib.SMTP | None = None
+
+    def connect(self) -> smtplib.SMTP:
+        if self.connection is None:
+            context = ssl.create_default_context()
+            if self.ssl:
+                connection = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+            else:
+                connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
+                if self.starttls:
+                    connection.starttls(context=context)
+            if self.username:
+                connection.login(self.username, self.password or "")
+            self.connection = connection
+        return self.connection
+
+    def send(self, from_addr: str, to_addrs: list[str], message: bytes) -> None:
+        """Send once; on a dropped connection reconnect and send once more. Refusals raise DeliveryError."""
+        for attempt in (1, 2):
+            try:
+                refused = self.connect().sendmail(from_addr, to_addrs, message)
+            except smtplib.SMTPServerDisconnected:
+                self.connection = None
+                if attempt == 2:
+                    raise
+                continue
+            except smtplib.SMTPRecipientsRefused as exc:
+                code, text = next(iter(exc.recipients.values()))
+                raise DeliveryError(code, _text(text)) from None
+            except (smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as exc:
+                self._reset()
+                raise DeliveryError(exc.smtp_code, _text(exc.smtp_error)) from None
+            if refused:
+                code, text = next(iter(refused.values()))
+                raise DeliveryError(code, _text(text))
+            return
+
+    def _reset(self) -> None:
+        try:
+            if self.connection is not None:
+                self.connection.rset()
+        except smtplib.SMTPException:
+            self.close()
+
+    def close(self) -> None:
+        if self.connection is not None:
+            try:
+                self.connection.quit()
+            except (smtplib.SMTPException, OSError):
+                pass
+            self.connection = None
+
+
+def _text(value) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

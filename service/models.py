@@ -1,0 +1,169 @@
+"""Database models: publication settings, posts, subscribers, digests, deliveries, outbox, events."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Optional
+
+from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from sqlalchemy.types import DateTime, TypeDecorator
+
+from .extensions import db
+
+VISIBILITIES = ("public", "subscribers")
+STATUSES = ("pending", "confirmed", "unsubscribed", "bounced", "deleted")
+FREQUENCIES = ("default", "daily", "weekly", "off")
+DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "skipped")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware UTC datetimes on every backend (SQLite drops the offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None:
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to a UTC column")
+            value = value.astimezone(timezone.utc)
+            if dialect.name == "sqlite":
+                value = value.replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=timezone.utc)
+        return value
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class PublicationSettings(db.Model):
+    """The publisher's settings: one row, id 1."""
+
+    __tablename__ = "publication_settings"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[Optional[str]] = mapped_column(String(200))
+    default_frequency: Mapped[str] = mapped_column(String(10), default="weekly")
+    send_hour: Mapped[int] = mapped_column(default=8)
+    send_weekday: Mapped[int] = mapped_column(default=0)  # Monday, as datetime.weekday()
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    teaser_words: Mapped[int] = mapped_column(default=120)
+    blocked_domains: Mapped[str] = mapped_column(Text, default="")
+    __table_args__ = (
+        CheckConstraint("default_frequency IN ('daily', 'weekly')", name="ck_settings_frequency"),
+        CheckConstraint("send_hour BETWEEN 0 AND 23", name="ck_settings_hour"),
+        CheckConstraint("send_weekday BETWEEN 0 AND 6", name="ck_settings_weekday"),
+        CheckConstraint("teaser_words BETWEEN 10 AND 2000", name="ck_settings_teaser_words"),
+    )
+
+
+class Post(db.Model):
+    __tablename__ = "posts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slug: Mapped[str] = mapped_column(String(200), unique=True)
+    title: Mapped[str] = mapped_column(String(300))
+    body: Mapped[str] = mapped_column(Text)  # Markdown as the publisher wrote it
+    body_html: Mapped[str] = mapped_column(Text)  # sanitised, rendered once on save
+    teaser_html: Mapped[str] = mapped_column(Text)
+    visibility: Mapped[str] = mapped_column(String(16), default="subscribers")
+    published: Mapped[bool] = mapped_column(default=False)
+    published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    __table_args__ = (CheckConstraint(_in("visibility", VISIBILITIES), name="ck_posts_visibility"),)
+
+    @property
+    def is_gated(self) -> bool:
+        return self.visibility == "subscribers"
+
+
+class Subscriber(db.Model):
+    __tablename__ = "subscribers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    frequency: Mapped[str] = mapped_column(String(10), default="default")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    confirmed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    unsubscribed_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    bounced_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    # Posts published after this instant have not been in one of this reader's digests.
+    digest_watermark: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    last_confirmation_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    consent_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    consent_ip: Mapped[Optional[str]] = mapped_column(String(64))
+    consent_user_agent: Mapped[Optional[str]] = mapped_column(String(400))
+    consent_source: Mapped[Optional[str]] = mapped_column(String(500))
+    __table_args__ = (
+        CheckConstraint(_in("status", STATUSES), name="ck_subscribers_status"),
+        CheckConstraint(_in("frequency", FREQUENCIES), name="ck_subscribers_frequency"),
+    )
+
+
+class Digest(db.Model):
+    """One digest run: the posts up to `cutoff` for every due subscriber."""
+
+    __tablename__ = "digests"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slot: Mapped[str] = mapped_column(String(64), unique=True)  # e.g. daily:2026-11-25, or manual:<uuid>
+    frequency: Mapped[Optional[str]] = mapped_column(String(10))
+    cutoff: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    deliveries: Mapped[list["Delivery"]] = relationship(back_populates="digest", passive_deletes=True)
+
+
+class Delivery(db.Model):
+    """One digest email to one subscriber; claimed before the SMTP send, never sent twice."""
+
+    __tablename__ = "deliveries"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest_id: Mapped[int] = mapped_column(ForeignKey("digests.id", ondelete="CASCADE"))
+    subscriber_id: Mapped[int] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"))
+    since: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)  # the reader's watermark before this run
+    status: Mapped[str] = mapped_column(String(10), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    lease_until: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    sent_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    error: Mapped[Optional[str]] = mapped_column(String(500))
+    digest: Mapped[Digest] = relationship(back_populates="deliveries")
+    __table_args__ = (
+        UniqueConstraint("subscriber_id", "digest_id", name="uq_delivery_subscriber_digest"),
+        CheckConstraint(_in("status", DELIVERY_STATUSES), name="ck_deliveries_status"),
+        Index("ix_deliveries_digest_status", "digest_id", "status"),
+    )
+
+
+class OutboxEmail(db.Model):
+    """A transactional email to send (confirm, sign-in, welcome): kept here so a broker outage loses nothing."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))
+    subscriber_id: Mapped[Optional[int]] = mapped_column(ForeignKey("subscribers.id", ondelete="CASCADE"), index=True)
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    lease_until: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    sent_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, index=True)
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[Optional[str]] = mapped_column(String(500))
+
+
+class Event(db.Model):
+    """An audit trail of what happened to subscribers (signup, confirm, unsubscribe, bounce)."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    subscriber_id: Mapped[Optional[int]] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    data: Mapped[dict] = mapped_column(JSON, default=dict)

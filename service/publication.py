@@ -1,0 +1,98 @@
+"""The publisher's settings row, read once per request."""
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from flask import current_app, g, has_request_context
+
+from .errors import ValidationError
+from .extensions import db
+from .models import PublicationSettings
+
+EDITABLE = {
+    "name": str,
+    "default_frequency": str,
+    "send_hour": int,
+    "send_weekday": int,
+    "timezone": str,
+    "teaser_words": int,
+    "blocked_domains": str,
+}
+
+
+def settings() -> PublicationSettings:
+    if has_request_context() and "publication" in g:
+        return g.publication
+    row = db.session.get(PublicationSettings, 1)
+    if row is None:
+        row = PublicationSettings(id=1, default_frequency="weekly", send_hour=8, send_weekday=0,
+                                  timezone="UTC", teaser_words=120, blocked_domains="")
+        db.session.add(row)
+        db.session.commit()
+    if has_request_context():
+        g.publication = row
+    return row
+
+
+def name() -> str:
+    return settings().name or current_app.config["PUBLICATION_NAME"]
+
+
+def blocked_domains() -> set[str]:
+    text = settings().blocked_domains or ""
+    return {part.strip().lower() for part in text.replace("\n", ",").split(",") if part.strip()}
+
+
+def as_dict(row: PublicationSettings | None = None) -> dict:
+    row = row or settings()
+    return {
+        "name": name(),
+        "default_frequency": row.default_frequency,
+        "send_hour": row.send_hour,
+        "send_weekday": row.send_weekday,
+        "timezone": row.timezone,
+        "teaser_words": row.teaser_words,
+        "blocked_domains": sorted(blocked_domains()),
+    }
+
+
+def update(changes: dict) -> PublicationSettings:
+    """Validate and apply the publisher's changes; teasers are recut when their length changes."""
+    from . import posts
+
+    row = settings()
+    if "blocked_domains" in changes and isinstance(changes["blocked_domains"], list):
+        changes = {**changes, "blocked_domains": ",".join(map(str, changes["blocked_domains"]))}
+    for field, value in changes.items():
+        _check(field, value)
+        setattr(row, field, value)
+    db.session.commit()
+    if "teaser_words" in changes:
+        posts.recut_teasers()
+    return row
+
+
+def _check(field: str, value) -> None:
+    kind = EDITABLE.get(field)
+    if kind is None:
+        raise ValidationError(f"unknown setting {field!r}", field=field)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValidationError(f"{field} must be a {kind.__name__}", field=field)
+    rules = {
+        "default_frequency": lambda v: v in ("daily", "weekly"),
+        "send_hour": lambda v: 0 <= v <= 23,
+        "send_weekday": lambda v: 0 <= v <= 6,
+        "teaser_words": lambda v: 10 <= v <= 2000,
+        "timezone": _is_zone,
+        "name": lambda v: 0 < len(v.strip()) <= 200,
+    }
+    if field in rules and not rules[field](value):
+        raise ValidationError(f"{field} has an invalid value", field=field)
+
+
+def _is_zone(value: str) -> bool:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True

@@ -1,0 +1,1 @@
+"""Blueprints: reader pages, embed, admin API, ops."""

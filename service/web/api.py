@@ -1,0 +1,102 @@
+"""Admin JSON API under /api/v1, behind the Bearer admin token."""
+from __future__ import annotations
+
+import hmac
+
+from flask import Blueprint, current_app, jsonify, request
+
+from .. import posts, publication
+from ..errors import ValidationError
+from ..models import Post
+from . import openapi
+from .reader import absolute_url
+
+bp = Blueprint("api", __name__)
+
+
+@bp.before_request
+def require_admin_token():
+    if request.endpoint == "api.spec":
+        return None
+    expected = current_app.config.get("ADMIN_TOKEN") or ""
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if not expected or scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        response = jsonify(error="unauthorized", message="a valid Bearer admin token is required")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="keepreading"'
+        return response, 401
+    return None
+
+
+@bp.after_request
+def no_store(response):
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def json_body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ValidationError("the body must be a JSON object", field="body")
+    return body
+
+
+def post_json(post: Post) -> dict:
+    return {
+        "slug": post.slug,
+        "title": post.title,
+        "url": absolute_url("reader.article", slug=post.slug),
+        "visibility": post.visibility,
+        "published": post.published,
+        "published_at": post.published_at.isoformat() if post.published_at else None,
+        "updated_at": post.updated_at.isoformat(),
+        "body": post.body,
+    }
+
+
+@bp.get("/openapi.json")
+def spec():
+    return jsonify(openapi.document(current_app.config["BASE_URL"]))
+
+
+@bp.get("/posts")
+def list_posts():
+    return jsonify(posts=[post_json(post) for post in posts.every()])
+
+
+@bp.post("/posts")
+def create_post():
+    body = json_body()
+    post = posts.create(
+        title=body.get("title"),
+        body=body.get("body"),
+        visibility=body.get("visibility", "subscribers"),
+        published=body.get("published", False),
+        slug=body.get("slug"),
+    )
+    return jsonify(post_json(post)), 201
+
+
+@bp.get("/posts/<slug>")
+def get_post(slug: str):
+    return jsonify(post_json(posts.get(slug)))
+
+
+@bp.patch("/posts/<slug>")
+def update_post(slug: str):
+    return jsonify(post_json(posts.update(slug, json_body())))
+
+
+@bp.delete("/posts/<slug>")
+def delete_post(slug: str):
+    posts.delete(slug)
+    return "", 204
+
+
+@bp.get("/settings")
+def get_settings():
+    return jsonify(publication.as_dict())
+
+
+@bp.patch("/settings")
+def update_settings():
+    return jsonify(publication.as_dict(publication.update(json_body())))

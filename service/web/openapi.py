@@ -1,0 +1,72 @@
+"""The OpenAPI 3 description of the admin API (every /api/v1 route)."""
+from __future__ import annotations
+
+ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+def _answers(ok: int, schema: dict | None, description: str, *errors: int) -> dict:
+    answers = {str(ok): {"description": description, **(_json(schema) if schema else {})}}
+    answers["401"] = {"description": "missing or wrong Bearer token", **_json(ERROR)}
+    for code in errors:
+        answers[str(code)] = {"description": "error", **_json(ERROR)}
+    return answers
+
+
+SLUG = {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
+POST = {"$ref": "#/components/schemas/Post"}
+POST_INPUT = {"$ref": "#/components/schemas/PostInput"}
+SETTINGS = {"$ref": "#/components/schemas/Settings"}
+
+PATHS: dict = {
+    "/posts": {
+        "get": {"summary": "List posts", "responses": _answers(200, {"type": "object", "properties": {"posts": {"type": "array", "items": POST}}}, "posts")},
+        "post": {"summary": "Create a post", "requestBody": {"required": True, **_json(POST_INPUT)},
+                 "responses": _answers(201, POST, "created", 400, 409, 422)},
+    },
+    "/posts/{slug}": {
+        "parameters": [SLUG],
+        "get": {"summary": "Get a post", "responses": _answers(200, POST, "the post", 404)},
+        "patch": {"summary": "Edit a post", "requestBody": {"required": True, **_json(POST_INPUT)},
+                  "responses": _answers(200, POST, "edited", 404, 409, 422)},
+        "delete": {"summary": "Delete a post", "responses": _answers(204, None, "deleted", 404)},
+    },
+    "/settings": {
+        "get": {"summary": "Publication settings", "responses": _answers(200, SETTINGS, "settings")},
+        "patch": {"summary": "Change publication settings", "requestBody": {"required": True, **_json(SETTINGS)},
+                  "responses": _answers(200, SETTINGS, "settings", 422)},
+    },
+}
+
+SCHEMAS: dict = {
+    "Error": {"type": "object", "required": ["error", "message"],
+              "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}},
+    "PostInput": {"type": "object", "properties": {
+        "title": {"type": "string", "maxLength": 300}, "body": {"type": "string", "description": "Markdown; raw HTML is sanitised"},
+        "visibility": {"type": "string", "enum": ["public", "subscribers"], "default": "subscribers"},
+        "published": {"type": "boolean", "default": False}, "slug": {"type": "string", "pattern": "^[a-z0-9]+(?:-[a-z0-9]+)*$"}}},
+    "Post": {"type": "object", "properties": {
+        "slug": {"type": "string"}, "title": {"type": "string"}, "url": {"type": "string", "format": "uri"},
+        "visibility": {"type": "string", "enum": ["public", "subscribers"]}, "published": {"type": "boolean"},
+        "published_at": {"type": ["string", "null"], "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
+        "body": {"type": "string"}}},
+    "Settings": {"type": "object", "properties": {
+        "name": {"type": "string"}, "default_frequency": {"type": "string", "enum": ["daily", "weekly"]},
+        "send_hour": {"type": "integer", "minimum": 0, "maximum": 23}, "send_weekday": {"type": "integer", "minimum": 0, "maximum": 6},
+        "timezone": {"type": "string"}, "teaser_words": {"type": "integer", "minimum": 10, "maximum": 2000},
+        "blocked_domains": {"type": "array", "items": {"type": "string"}}}},
+}
+
+
+def document(base_url: str) -> dict:
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "keepreading admin API", "version": "1"},
+        "servers": [{"url": base_url + "/api/v1"}],
+        "security": [{"bearer": []}],
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": SCHEMAS},
+        "paths": PATHS,
+    }

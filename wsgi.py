@@ -1,0 +1,4 @@
+"""gunicorn wsgi:app"""
+from service import create_app
+
+app = create_app()
