@@ -5,6 +5,7 @@ from pathlib import Path
 
 import click
 from flask import Flask, current_app
+from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import func, select
 
 from . import demo, posts
@@ -18,7 +19,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(demo_command)
 
 
-@click.group("posts", help="Publish and list posts.")
+@click.group("posts", cls=AppGroup, help="Publish and list posts.")
 def posts_group():
     pass
 
@@ -48,6 +49,7 @@ def list_posts():
 
 
 @click.command("demo")
+@with_appcontext
 @click.option("--if-empty", is_flag=True, help="only when no post exists yet")
 def demo_command(if_empty: bool):
     """Load the original demo posts (one public, several for subscribers)."""
@@ -58,9 +60,14 @@ def demo_command(if_empty: bool):
         click.echo(f"{post.visibility:<11}  {current_app.config['BASE_URL']}/p/{post.slug}")
 
 
-def main() -> None:
+def _cli() -> click.Group:
     from flask.cli import FlaskGroup
 
     from . import create_app
 
-    FlaskGroup(name="keepreading", create_app=create_app, help="keepreading: newsletter subscriptions and a paywall.")()
+    return FlaskGroup(name="keepreading", create_app=create_app, help="keepreading: newsletter subscriptions and a paywall.")
+
+
+def main() -> None:
+    """The `keepreading` console script: Flask's CLI over create_app."""
+    _cli()()

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from html import escape
+from html import escape, unescape
 from html.parser import HTMLParser
 
 import nh3
@@ -12,6 +12,7 @@ MORE_MARKER = "<!--more-->"
 _markdown = MarkdownIt("commonmark", {"html": True, "linkify": False, "typographer": False}).enable("table")
 _VOID = {"area", "br", "col", "embed", "hr", "img", "input", "source", "track", "wbr"}
 _WORD = re.compile(r"\S+")
+_TAG = re.compile(r"<[^>]*>")
 _ALLOWED_TAGS = nh3.ALLOWED_TAGS | {"figure", "figcaption"}
 
 
@@ -42,10 +43,10 @@ def cut_to_words(html: str, budget: int) -> str:
     blocks = _Blocks.split(html)
     kept, words = [], 0
     for block_html, block_words in blocks:
-        if kept and words + block_words > budget:
+        if words + block_words > budget:
+            if words == 0:  # nothing to read yet: cut inside this block rather than show no text
+                kept.append(_truncate_block(block_html, budget))
             break
-        if not kept and block_words > budget:
-            return _truncate_block(block_html, budget)
         kept.append(block_html)
         words += block_words
     return "".join(kept).strip()
@@ -56,7 +57,8 @@ def word_count(html: str) -> int:
 
 
 def plain_text(html: str) -> str:
-    return re.sub(r"\s+", " ", nh3.clean(html, tags=set())).strip()
+    """The words of (already sanitised) HTML, a space wherever a tag stood."""
+    return re.sub(r"\s+", " ", unescape(_TAG.sub(" ", html))).strip()
 
 
 class _Blocks(HTMLParser):
@@ -151,8 +153,8 @@ class _Truncator(HTMLParser):
             self.out.append(escape(data, quote=False))
             self.words += len(words)
             return
-        kept = data[: _end_of_word(data, left)]
-        self.out.append(escape(kept, quote=False) + "…")
+        if left > 0:  # an ellipsis only where a sentence is cut, not at an element's edge
+            self.out.append(escape(data[: _end_of_word(data, left)], quote=False) + "…")
         self.done = True
 
     def result(self) -> str:

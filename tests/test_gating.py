@@ -1,0 +1,133 @@
+"""Gating: the gated tail reaches only allowed readers, on no other channel."""
+import json
+import re
+
+import pytest
+
+from service import tokens
+from service.access import COOKIE
+from service.extensions import db
+from service.models import Subscriber, utcnow
+
+TAIL = "the lighthouse keeper's secret recipe"
+BODY = f"Opening lines anyone may read.\n\n<!--more-->\n\nThen {TAIL} follows."
+
+
+@pytest.fixture
+def gated(admin):
+    admin.publish(title="A gated tale", body=BODY, visibility="subscribers")
+    admin.publish(title="An open letter", body=f"Free to all, including {TAIL.replace('secret', 'public')}.",
+                  visibility="public")
+    return "/p/a-gated-tale"
+
+
+def make_subscriber(app, email="reader@example.org", status="confirmed") -> tuple[int, str]:
+    with app.app_context():
+        reader = Subscriber(email=email, status=status, confirmed_at=utcnow() if status == "confirmed" else None)
+        db.session.add(reader)
+        db.session.commit()
+        return reader.id, tokens.make("reader", reader.id, reader.email)
+
+
+def test_anonymous_reader_sees_teaser_and_subscribe_block(client, gated):
+    page = client.get(gated).get_data(as_text=True)
+    assert "Opening lines anyone may read." in page
+    assert TAIL not in page
+    assert "Discover more from" in page and "Subscribe to keep reading" in page
+    assert 'action="/subscribe"' in page and 'type="email"' in page
+    assert 'name="next" value="/p/a-gated-tale"' in page
+
+
+def test_meta_tags_and_json_ld_carry_no_gated_text(client, gated):
+    page = client.get(gated).get_data(as_text=True)
+    head = page.split("</head>")[0]
+    assert "Opening lines" in head and TAIL not in head
+    data = json.loads(re.search(r'<script type="application/ld\+json">(.*?)</script>', page, re.S).group(1))
+    assert data["isAccessibleForFree"] is False
+    assert data["hasPart"]["isAccessibleForFree"] is False
+    assert data["hasPart"]["cssSelector"] == ".gated"
+
+
+def test_public_post_is_shown_in_full_and_marked_free(client, gated):
+    page = client.get("/p/an-open-letter").get_data(as_text=True)
+    assert "Free to all" in page and "Subscribe to keep reading" not in page
+    data = json.loads(re.search(r'<script type="application/ld\+json">(.*?)</script>', page, re.S).group(1))
+    assert data["isAccessibleForFree"] is True
+
+
+@pytest.mark.parametrize("path", ["/", "/feed.xml", "/sitemap.xml", "/api/v1/posts", "/api/v1/posts/a-gated-tale",
+                                  "/api/v1/openapi.json", "/metrics", "/healthz"])
+def test_no_other_channel_leaks_the_tail(client, gated, path):
+    assert TAIL not in client.get(path).get_data(as_text=True)
+
+
+def test_feed_has_teasers_for_gated_and_full_text_for_public(client, gated):
+    feed = client.get("/feed.xml")
+    assert feed.mimetype == "application/atom+xml"
+    text = feed.get_data(as_text=True)
+    assert "Opening lines anyone may read." in text
+    assert "lighthouse keeper&#39;s public recipe" in text or "lighthouse keeper's public recipe" in text
+    assert "http://localhost/p/a-gated-tale" in text
+
+
+def test_sitemap_lists_published_posts(client, gated):
+    text = client.get("/sitemap.xml").get_data(as_text=True)
+    assert "<loc>http://localhost/p/a-gated-tale</loc>" in text and "<loc>http://localhost/p/an-open-letter</loc>" in text
+
+
+def test_confirmed_reader_sees_everything(app, client, gated):
+    _, cookie = make_subscriber(app)
+    client.set_cookie(COOKIE, cookie)
+    page = client.get(gated).get_data(as_text=True)
+    assert TAIL in page and "Opening lines" in page
+    assert "Subscribe to keep reading" not in page
+    assert TAIL not in page.split("</head>")[0]
+
+
+@pytest.mark.parametrize("status", ["pending", "unsubscribed", "deleted"])
+def test_readers_who_are_not_confirmed_see_the_teaser(app, client, gated, status):
+    _, cookie = make_subscriber(app, status=status)
+    client.set_cookie(COOKIE, cookie)
+    assert TAIL not in client.get(gated).get_data(as_text=True)
+
+
+def test_tampered_or_foreign_cookies_see_the_teaser(app, client, gated):
+    reader_id, cookie = make_subscriber(app)
+    for bad in (cookie[:-2] + "xx", cookie + "x", "garbage", ""):
+        client.set_cookie(COOKIE, bad)
+        assert TAIL not in client.get(gated).get_data(as_text=True)
+    with app.app_context():
+        other_purpose = tokens.make("confirm", reader_id, "reader@example.org")
+    client.set_cookie(COOKIE, other_purpose)
+    assert TAIL not in client.get(gated).get_data(as_text=True)
+
+
+def test_cookie_dies_when_the_email_changes(app, client, gated):
+    reader_id, cookie = make_subscriber(app)
+    with app.app_context():
+        db.session.get(Subscriber, reader_id).email = "someone-else@example.org"
+        db.session.commit()
+    client.set_cookie(COOKIE, cookie)
+    assert TAIL not in client.get(gated).get_data(as_text=True)
+
+
+def test_cookie_signed_with_an_old_key_still_works(app, client, gated):
+    _, cookie = make_subscriber(app)
+    app.config["SECRET_KEY_FALLBACKS"] = [app.config["SECRET_KEY"]]
+    app.config["SECRET_KEY"] = "a-brand-new-key"
+    app.extensions.pop("keepreading_serializers", None)
+    client.set_cookie(COOKIE, cookie)
+    assert TAIL in client.get(gated).get_data(as_text=True)
+
+
+@pytest.mark.parametrize("path", ["/", "/p/a-gated-tale", "/p/an-open-letter"])
+def test_reader_dependent_pages_are_private_and_vary_on_cookie(client, gated, path):
+    response = client.get(path)
+    assert "private" in response.headers["Cache-Control"]
+    assert "Cookie" in response.headers["Vary"]
+
+
+def test_drafts_are_not_served(client, admin):
+    admin.post("/posts", json={"title": "Draft", "body": "unfinished", "visibility": "public"})
+    assert client.get("/p/draft").status_code == 404
+    assert b"unfinished" not in client.get("/feed.xml").data
