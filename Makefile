@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
-export KEEPREADING_INSTANCE_PATH ?= $(CURDIR)/instance
+RUN_ENV := KEEPREADING_ENV=development KEEPREADING_INSTANCE_PATH=$${KEEPREADING_INSTANCE_PATH:-$(CURDIR)/instance}
 
 .PHONY: run test bench install clean
 
@@ -18,11 +18,12 @@ $(STAMP): $(PY) pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	KEEPREADING_ENV=development $(VENV)/bin/keepreading db upgrade
-	KEEPREADING_ENV=development $(VENV)/bin/keepreading demo --if-empty
-	KEEPREADING_ENV=development $(PY) -m service.devserver
+	$(RUN_ENV) $(VENV)/bin/keepreading db upgrade
+	$(RUN_ENV) $(VENV)/bin/keepreading demo --if-empty
+	$(RUN_ENV) $(PY) -m service.devserver
 
 test: $(STAMP)
+	@bash .ci/system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -9,8 +9,9 @@ from . import create_app
 
 
 def main() -> None:
-    app = create_app()
     host, port = "127.0.0.1", int(os.environ.get("PORT", "5000"))
+    os.environ.setdefault("KEEPREADING_BASE_URL", f"http://{host}:{port}")
+    app = create_app()
     worker = subprocess.Popen(
         [sys.executable, "-m", "celery", "-A", "worker", "worker", "--beat", "--loglevel", "info",
          "--concurrency", "1", "--schedule", os.path.join(app.instance_path, "celerybeat-schedule")],
