@@ -1,0 +1,352 @@
+"""`make bench`: digest fan-out and web throughput, measured in one run, printed as one table.
+
+Digests: `keepreading digest send --wait` on PostgreSQL + Redis with 2 Celery worker processes and
+real SMTP into Postfix's smtp-sink, against smtp-source on the same sink as the baseline.
+Web: gunicorn (bench/gunicorn.conf.py) under wrk with 16 connections, against a trivial Flask route.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+CACHE = HERE / ".cache"
+TOOLS = CACHE / "root"
+VENV_BIN = Path(sys.executable).parent
+PG_ADMIN = os.environ.get("KEEPREADING_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("KEEPREADING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
+DATABASE = "kr_bench"
+SECRET = "bench-secret-key-not-for-production"
+ADMIN_TOKEN = "bench-admin-token"
+rows: list[tuple[str, str, str]] = []
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", flush=True)
+
+
+# ---------------------------------------------------------------- tools
+def fetch_tools() -> None:
+    """Postfix's smtp-sink/smtp-source and wrk, unpacked from Debian packages into the cache."""
+    wanted = [TOOLS / "usr/sbin/smtp-sink", TOOLS / "usr/sbin/smtp-source", TOOLS / "usr/bin/wrk"]
+    if all(path.exists() for path in wanted):
+        return
+    CACHE.mkdir(exist_ok=True)
+    debs = CACHE / "debs"
+    debs.mkdir(exist_ok=True)
+    say("fetching postfix, wrk and libluajit from Debian (unpacked, not installed)")
+    subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "download", "postfix", "wrk", "libluajit-5.1-2"], cwd=debs, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for deb in debs.glob("*.deb"):
+        subprocess.run(["dpkg", "-x", str(deb), str(TOOLS)], check=True)
+
+
+def tool_env() -> dict[str, str]:
+    libs = [TOOLS / "usr/lib/postfix", TOOLS / "usr/lib/x86_64-linux-gnu", TOOLS / "usr/lib/aarch64-linux-gnu"]
+    return {**os.environ, "LD_LIBRARY_PATH": ":".join(str(p) for p in libs)}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listening on {port}")
+
+
+@contextmanager
+def process(command: list[str], env=None, **kwargs):
+    child = subprocess.Popen(command, env=env, start_new_session=True, **kwargs)
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGTERM)
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+
+
+@contextmanager
+def smtp_sink():
+    port = free_port()
+    command = [str(TOOLS / "usr/sbin/smtp-sink"), "-u", "nobody", "-c", f"127.0.0.1:{port}", "1024"]
+    with process(command, env=tool_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+        wait_port(port)
+        yield port
+
+
+def smtp_source_rate(port: int, messages: int) -> float:
+    command = [str(TOOLS / "usr/sbin/smtp-source"), "-s", "4", "-m", str(messages), "-l", "10240",
+               "-f", "bench@example.org", "-t", "reader@example.org", f"127.0.0.1:{port}"]
+    started = time.perf_counter()
+    subprocess.run(command, env=tool_env(), check=True, stdout=subprocess.DEVNULL)
+    return messages / (time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------- database and app
+def app_env(smtp_port: int | None = None, **extra: str) -> dict[str, str]:
+    host = PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEEPREADING_")}
+    env.update({
+        "KEEPREADING_DATABASE_URL": f"postgresql+psycopg://{host}/{DATABASE}",
+        "KEEPREADING_BROKER_URL": REDIS,
+        "KEEPREADING_REDIS_URL": REDIS,
+        "KEEPREADING_SECRET_KEY": SECRET,
+        "KEEPREADING_ADMIN_TOKEN": ADMIN_TOKEN,
+        "KEEPREADING_BASE_URL": "https://news.example.org",
+        "KEEPREADING_MAIL_FROM": "The Slow Harbour <letters@news.example.org>",
+        "KEEPREADING_INSTANCE_PATH": str(CACHE / "instance"),
+        "KEEPREADING_SIGNUP_RATE_LIMIT": "100000000/minute",
+        "KEEPREADING_ADDRESS_RATE_LIMIT": "100000000/minute",
+        "KEEPREADING_CELERY_QUEUE": "bench",
+    })
+    if smtp_port:
+        env["KEEPREADING_SMTP_URL"] = f"smtp://127.0.0.1:{smtp_port}"
+    env.update(extra)
+    return env
+
+
+def reset_database() -> None:
+    import psycopg
+    import redis
+
+    with psycopg.connect(PG_ADMIN, autocommit=True) as connection:
+        connection.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+        connection.execute(f"CREATE DATABASE {DATABASE}")
+    redis.Redis.from_url(REDIS).flushdb()
+    (CACHE / "instance").mkdir(parents=True, exist_ok=True)
+    keepreading("db", "upgrade")
+    keepreading("demo")
+
+
+def keepreading(*args: str, env=None, capture: bool = False) -> str:
+    result = subprocess.run([str(VENV_BIN / "keepreading"), *args], env=env or app_env(), cwd=ROOT, check=True,
+                            stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    return result.stdout if capture else ""
+
+
+def seed_subscribers(count: int) -> None:
+    """Confirmed subscribers whose watermark predates every post, written with COPY."""
+    import psycopg
+
+    host = PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0]
+    with psycopg.connect(f"postgresql://{host}/{DATABASE}", autocommit=True) as connection:
+        connection.execute("DELETE FROM deliveries; DELETE FROM digests; DELETE FROM subscribers")
+        with connection.cursor().copy(
+            "COPY subscribers (email, name, status, frequency, created_at, confirmed_at, digest_watermark) FROM STDIN"
+        ) as copy:
+            for n in range(count):
+                copy.write_row((f"reader{n}@example.org", f"Reader {n}", "confirmed", "default",
+                                "2020-01-01T00:00:00Z", "2020-01-01T00:00:00Z", "2020-01-01T00:00:00Z"))
+        connection.execute("ANALYZE")
+
+
+# ---------------------------------------------------------------- measurements
+def peak_rss_kib(pid: int) -> int:
+    """VmHWM: the highest resident set the process has had."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0
+    match = re.search(r"VmHWM:\s+(\d+) kB", text)
+    return int(match.group(1)) if match else 0
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        found += [int(child) for child in task.read_text().split()]
+    return found
+
+
+class RedisMemory(threading.Thread):
+    """Samples Redis used_memory while the digest runs."""
+
+    def __init__(self):
+        super().__init__(daemon=True)
+        import redis
+
+        self.client = redis.Redis.from_url(REDIS)
+        self.baseline = self.client.info("memory")["used_memory"]
+        self.peak = self.baseline
+        self.running = True
+
+    def run(self):
+        while self.running:
+            self.peak = max(self.peak, self.client.info("memory")["used_memory"])
+            time.sleep(0.02)
+
+    def stop(self) -> float:
+        self.running = False
+        self.join()
+        return (self.peak - self.baseline) / 1024 / 1024
+
+
+def digest_run(subscribers: int, smtp_port: int) -> dict:
+    """One `digest send --wait` over `subscribers` readers, with 2 fresh worker processes."""
+    seed_subscribers(subscribers)
+    env = app_env(smtp_port)
+    worker_cmd = [str(VENV_BIN / "celery"), "-A", "worker", "worker", "--concurrency", "2", "--loglevel", "WARNING",
+                  "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", "bench"]
+    log = open(CACHE / f"worker-{subscribers}.log", "w")
+    with process(worker_cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT) as worker:
+        deadline = time.monotonic() + 60
+        while len(children(worker.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(2)  # let the pool finish importing before the clock starts
+        redis_memory = RedisMemory()
+        redis_memory.start()
+        started = time.perf_counter()
+        output = keepreading("digest", "send", "--wait", env=env, capture=True)
+        elapsed = time.perf_counter() - started
+        growth = redis_memory.stop()
+        pool = children(worker.pid)
+        peaks = [peak_rss_kib(pid) / 1024 for pid in pool]
+    log.close()
+    counts = {key: int(value) for key, value in re.findall(r"(sent|failed|skipped)\D+(\d+)", output)}
+    return {"elapsed": elapsed, "sent": counts.get("sent", 0), "failed": counts.get("failed", 0),
+            "rate": counts.get("sent", 0) / elapsed, "peaks": peaks, "redis_mb": growth, "output": output.strip()}
+
+
+def wrk(url: str, seconds: int, *extra: str) -> dict:
+    command = [str(TOOLS / "usr/bin/wrk"), "-t", "2", "-c", "16", "-d", f"{seconds}s", "--latency", *extra, url]
+    output = subprocess.run(command, env=tool_env(), check=True, capture_output=True, text=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    latency = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)%\s+(\S+)", output, re.M)}
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(r"Socket errors: (.*)", output)
+    return {"rate": rate, "p50": latency.get("50"), "p99": latency.get("99"),
+            "non2xx": int(non_2xx.group(1)) if non_2xx else 0, "errors": errors.group(1) if errors else ""}
+
+
+def _ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+
+@contextmanager
+def gunicorn(app_spec: str, env: dict, cwd: Path):
+    port = free_port()
+    command = [str(VENV_BIN / "gunicorn"), "-c", str(HERE / "gunicorn.conf.py"), "-b", f"127.0.0.1:{port}", app_spec]
+    with process(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL):
+        wait_port(port)
+        time.sleep(1)
+        yield f"http://127.0.0.1:{port}"
+
+
+def reader_cookie() -> str:
+    """A signed session cookie for one confirmed subscriber, made the way the app makes it."""
+    code = (
+        "from service import create_app, tokens\n"
+        "from service.extensions import db\n"
+        "from service.models import Subscriber\n"
+        "from sqlalchemy import select\n"
+        "app = create_app()\n"
+        "with app.app_context():\n"
+        "    reader = db.session.scalar(select(Subscriber).where(Subscriber.status == 'confirmed').limit(1))\n"
+        "    print(tokens.make('reader', reader.id, reader.email))\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], env=app_env(), cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+# ---------------------------------------------------------------- scenarios
+def bench_digests(quick: bool) -> None:
+    small, large = (1_000, 10_000) if quick else (10_000, 100_000)
+    with smtp_sink() as port:
+        baseline = smtp_source_rate(port, 20_000 if quick else 50_000)
+        rows.append(("smtp-source → smtp-sink (4 sessions, 10 KB)", f"{baseline:,.0f} msg/s", "baseline"))
+        first = digest_run(small, port)
+        second = digest_run(large, port)
+    for result, size in ((first, small), (second, large)):
+        rows.append((f"digest send --wait, {size:,} subscribers",
+                     f"{result['rate']:,.0f} digests/s ({result['sent']:,} sent, {result['failed']} failed, "
+                     f"{result['elapsed']:.1f} s)",
+                     f"{result['rate'] / baseline:.2f}× smtp-source; target ≥ 2,500/s and ≥ 0.30×"))
+    growth = max(b - a for a, b in zip(first["peaks"], second["peaks"])) if first["peaks"] and second["peaks"] else float("nan")
+    rows.append(("worker peak RSS (each pool process)",
+                 f"{', '.join(f'{p:.1f}' for p in first['peaks'])} MB at {small:,}; "
+                 f"{', '.join(f'{p:.1f}' for p in second['peaks'])} MB at {large:,}",
+                 f"growth {growth:+.1f} MB; target ≤ 10 MB"))
+    rows.append((f"Redis memory growth during the {large:,} send", f"{second['redis_mb']:.2f} MB", "target ≤ 5 MB"))
+
+
+def bench_web(quick: bool) -> None:
+    seconds = 5 if quick else 10
+    with gunicorn("trivial:app", {**os.environ}, HERE) as url:
+        floor = wrk(url + "/", seconds)
+    rows.append(("web: trivial Flask route", _web(floor), "floor"))
+    cookie = reader_cookie()
+    with gunicorn("wsgi:app", app_env(), ROOT) as url:
+        article = url + "/p/the-ferry-that-waits-for-the-baker"
+        anonymous = wrk(article, seconds)
+        signed_in = wrk(article, seconds, "-H", f"Cookie: kr_reader={cookie}")
+        subscribe = wrk(url + "/subscribe", seconds, "-s", str(HERE / "subscribe.lua"))
+    for name, result, target in (("gated article, anonymous", anonymous, 0.6),
+                                 ("gated article, signed-in reader", signed_in, 0.6),
+                                 ("POST /subscribe (insert + enqueue)", subscribe, 0.25)):
+        note = f"{result['rate'] / floor['rate']:.2f}× floor; target ≥ {target}×"
+        if target == 0.6:
+            note += ", p99 < 20 ms"
+        if result["non2xx"] or result["errors"]:
+            note += f"; non-2xx {result['non2xx']} {result['errors']}"
+        rows.append((f"web: {name}", _web(result), note))
+
+
+def _web(result: dict) -> str:
+    return f"{result['rate']:,.0f} req/s, p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms"
+
+
+def print_table() -> None:
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    line = "+".join("-" * (w + 2) for w in widths)
+    print("\n" + line)
+    for row in rows:
+        print(" | ".join(cell.ljust(w) for cell, w in zip(row, widths)))
+    print(line, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="10,000 subscribers, short web runs")
+    parser.add_argument("--only", choices=["digests", "web"], help="run one half")
+    options = parser.parse_args()
+    fetch_tools()
+    say(f"{os.cpu_count()} cores; PostgreSQL {PG_ADMIN}, Redis {REDIS}")
+    reset_database()
+    if options.only != "web":
+        bench_digests(options.quick)
+    if options.only != "digests":
+        if options.only == "web":
+            seed_subscribers(1_000)
+        bench_web(options.quick)
+    print_table()
+
+
+if __name__ == "__main__":
+    main()
