@@ -1,10 +1,12 @@
 """Who may read what: the reader session cookie and the one gating rule."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flask import Response, current_app, g, request
 
 from . import tokens
-from .errors import InvalidToken
+from .errors import InvalidToken, TokenExpired
 from .extensions import db
 from .models import Post, Subscriber
 
@@ -31,6 +33,33 @@ def reader_from_session(cookie: str | None) -> Subscriber | None:
     if reader is None or not tokens.matches(payload, reader.email):
         return None
     return reader
+
+
+@dataclass(frozen=True)
+class ArticleLink:
+    """What a digest's signed article link says: the reader it opens the post for, or that it expired."""
+
+    reader: Subscriber | None = None
+    expired: bool = False
+
+
+def article_link(token: str | None, post: Post) -> ArticleLink:
+    """A digest link (purpose "article", payload [subscriber, fingerprint, post]) for this post.
+
+    Valid: the reader may read the post in full. Expired: they are asked to sign in. Anything else
+    (tampered, another post, an address that changed) is no link at all: the teaser."""
+    if not token:
+        return ArticleLink()
+    try:
+        payload = tokens.verify("article", token)
+    except TokenExpired:
+        return ArticleLink(expired=True)
+    except InvalidToken:
+        return ArticleLink()
+    reader = db.session.get(Subscriber, payload[0])
+    if len(payload) != 3 or payload[2] != post.id or reader is None or not tokens.matches(payload, reader.email):
+        return ArticleLink()
+    return ArticleLink(reader) if reader.status in READING_STATUSES else ArticleLink()
 
 
 def current_reader() -> Subscriber | None:

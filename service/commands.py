@@ -17,6 +17,7 @@ from .models import Post
 def register(app: Flask) -> None:
     app.cli.add_command(posts_group)
     app.cli.add_command(demo_command)
+    app.cli.add_command(digest_group)
 
 
 @click.group("posts", cls=AppGroup, help="Publish and list posts.")
@@ -66,6 +67,45 @@ def _cli() -> click.Group:
     from . import create_app
 
     return FlaskGroup(name="keepreading", create_app=create_app, help="keepreading: newsletter subscriptions and a paywall.")
+
+
+@click.group("digest", cls=AppGroup, help="Send digests of new posts.")
+def digest_group():
+    pass
+
+
+@digest_group.command("send")
+@click.option("--frequency", type=click.Choice(["daily", "weekly"]), default=None,
+              help="only subscribers of this cadence (default: all but those who turned digests off)")
+@click.option("--wait", is_flag=True, help="block until the run is settled, then print its counts")
+@click.option("--timeout", type=float, default=3600, show_default=True, help="seconds --wait waits at most")
+def send_digest(frequency: str | None, wait: bool, timeout: float):
+    """Send a digest now to every confirmed subscriber with unseen posts, whatever the clock says."""
+    from . import digests
+
+    digest = digests.send_now(frequency)
+    summary = digests.summary(digest)
+    click.echo(f"digest {digest.id}: {summary['recipients']} recipients queued")
+    if wait:
+        summary = _wait_for(digest.id, timeout)
+        counts = summary["counts"]
+        click.echo(f"sent {counts['sent']}, failed {counts['failed']}, skipped {counts['skipped']}")
+        if summary["finished_at"] is None:
+            raise click.ClickException(f"not settled after {timeout:g}s: is a worker running?")
+
+
+def _wait_for(digest_id: int, timeout: float) -> dict:
+    """Poll the run (recovering stale claims on the way) until none of its deliveries is open."""
+    import time
+
+    from . import digests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        summary = digests.settle(digest_id)
+        if summary["finished_at"] is not None or time.monotonic() > deadline:
+            return summary
+        time.sleep(0.5)
 
 
 def main() -> None:

@@ -59,6 +59,13 @@ def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str
         "ARTICLE_LINK_MAX_AGE": int(_env("ARTICLE_LINK_MAX_AGE", str(30 * 24 * 3600))),
         "READER_SESSION_MAX_AGE": 365 * 24 * 3600,
         "DIGEST_BATCH_SIZE": int(_env("DIGEST_BATCH_SIZE", "1000")),
+        # A claimed delivery belongs to its worker this long; after it, the dispatcher hands it to another.
+        "DELIVERY_LEASE": float(_env("DELIVERY_LEASE", "300")),
+        "DIGEST_MAX_ATTEMPTS": int(_env("DIGEST_MAX_ATTEMPTS", "6")),
+        # Retries wait DIGEST_RETRY_DELAY * 2**n seconds (with jitter), at most DIGEST_RETRY_MAX_DELAY,
+        # which stays below the Redis visibility_timeout (extensions.celery_settings).
+        "DIGEST_RETRY_DELAY": float(_env("DIGEST_RETRY_DELAY", "30")),
+        "DIGEST_RETRY_MAX_DELAY": float(_env("DIGEST_RETRY_MAX_DELAY", "1800")),
         "MAX_CONTENT_LENGTH": 64 * 1024,
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "WTF_CSRF_TIME_LIMIT": None,

@@ -107,6 +107,11 @@ class FileTransport:
         links = sorted(set(_LINK.findall(message.decode("utf-8", "replace"))))
         log.warning("email to %s written to %s; links: %s", ", ".join(to_addrs), path, " ".join(links))
 
+    def deliver(self, from_addr: str, to_addr: str, message: bytes, commit) -> None:
+        """Like SMTPTransport.deliver: `commit()` runs right before the message is handed over."""
+        commit()
+        self.send(from_addr, [to_addr], message)
+
     def close(self) -> None:
         pass
 
@@ -162,6 +167,55 @@ class SMTPTransport:
                 raise DeliveryError(code, _text(text))
             return
 
+    def deliver(self, from_addr: str, to_addr: str, message: bytes, commit) -> None:
+        """One message to one recipient; `commit()` runs after the content is sent and before the final
+        "." that makes the server take it, so the caller can record the hand-over first (and raise to
+        abandon it: the server then drops the unfinished message). Refusals raise DeliveryError; a
+        connection lost after the "." raises SMTPServerDisconnected, the message then probably taken."""
+        connection = self._ready_for_data(from_addr, to_addr)
+        try:
+            connection.send(_dot_stuffed(message))
+            commit()
+        except BaseException:
+            self._drop()
+            raise
+        connection.send(b".\r\n")
+        code, reply = connection.getreply()
+        if code != 250:
+            raise DeliveryError(code, _text(reply))
+
+    def _ready_for_data(self, from_addr: str, to_addr: str) -> smtplib.SMTP:
+        """MAIL, RCPT and DATA answered 354; a connection the server had dropped is reopened once."""
+        for attempt in (1, 2):
+            connection = self.connect()
+            try:
+                self._envelope(connection, from_addr, to_addr)
+                return connection
+            except smtplib.SMTPServerDisconnected:
+                self.connection = None
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _envelope(self, connection: smtplib.SMTP, from_addr: str, to_addr: str) -> None:
+        connection.ehlo_or_helo_if_needed()
+        for command, accepted in ((lambda: connection.mail(from_addr), (250,)),
+                                  (lambda: connection.rcpt(to_addr), (250, 251)),
+                                  (lambda: connection.docmd("DATA"), (354,))):
+            code, reply = command()
+            if code not in accepted:
+                if code == 421:  # the server is closing the channel
+                    self._drop()
+                else:
+                    self._reset()
+                raise DeliveryError(code, _text(reply))
+
+    def _drop(self) -> None:
+        """Close without QUIT: an unfinished DATA is discarded by the server."""
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None
+
     def _reset(self) -> None:
         try:
             if self.connection is not None:
@@ -176,6 +230,13 @@ class SMTPTransport:
             except (smtplib.SMTPException, OSError):
                 pass
             self.connection = None
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    """DATA content as RFC 5321 wants it: CRLF line ends, leading dots doubled, ending in CRLF."""
+    data = re.sub(rb"(?:\r\n|\n|\r(?!\n))", b"\r\n", message)
+    data = re.sub(rb"(?m)^\.", b"..", data)
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 def _text(value) -> str:

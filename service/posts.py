@@ -26,6 +26,7 @@ def create(title, body, visibility="subscribers", published=False, slug=None) ->
     post = Post(**fields)
     _render(post)
     if post.published:
+        publication.lock()
         post.published_at = utcnow()
     db.session.add(post)
     db.session.commit()
@@ -46,6 +47,7 @@ def update(slug: str, changes: dict) -> Post:
     if "body" in fields:
         _render(post)
     if post.published and post.published_at is None:
+        publication.lock()
         post.published_at = utcnow()
     if not post.published:
         post.published_at = None

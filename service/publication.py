@@ -4,6 +4,7 @@ from __future__ import annotations
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import current_app, g, has_request_context
+from sqlalchemy import update as sql_update
 
 from .errors import ValidationError
 from .extensions import db
@@ -32,6 +33,13 @@ def settings() -> PublicationSettings:
     if has_request_context():
         g.publication = row
     return row
+
+
+def lock() -> None:
+    """Serialise digest runs and publishing: the settings row is written (row lock on PostgreSQL, the
+    write lock on SQLite) so a run's cutoff and a post's published_at are ordered by commit."""
+    settings()
+    db.session.execute(sql_update(PublicationSettings).where(PublicationSettings.id == 1).values(id=1))
 
 
 def name() -> str:

@@ -10,3 +10,22 @@ def ping(value: str) -> str:
     from . import health
 
     return health.record_ping(value)
+
+
+@shared_task(name="service.tasks.dispatch_digests")
+def dispatch_digests() -> dict:
+    """Beat: create the digest runs due now, hand out claims whose worker died, close settled runs."""
+    from . import digests
+
+    return digests.dispatch()
+
+
+@shared_task(bind=True, name="service.tasks.send_digest_batch", max_retries=None,
+             acks_late=True, reject_on_worker_lost=True)
+def send_digest_batch(self, digest_id: int, first_id: int, last_id: int) -> None:
+    """Send one id range of a digest run; retried with backoff while recipients were refused for now."""
+    from . import sending
+
+    delay = sending.send_batch(digest_id, first_id, last_id, attempt=self.request.retries)
+    if delay is not None:
+        raise self.retry(countdown=delay)

@@ -5,7 +5,7 @@ import hmac
 
 from flask import Blueprint, current_app, jsonify, request
 
-from .. import posts, publication
+from .. import digests, posts, publication
 from ..errors import ValidationError
 from ..models import Post
 from . import openapi
@@ -100,3 +100,18 @@ def get_settings():
 @bp.patch("/settings")
 def update_settings():
     return jsonify(publication.as_dict(publication.update(json_body())))
+
+
+@bp.get("/digests")
+def list_digests():
+    """Digest runs, newest first, with their delivery counts."""
+    return jsonify(digests=digests.recent(request.args.get("limit", 50, type=int)))
+
+
+@bp.post("/digests")
+def create_digest():
+    """Send a digest now to every confirmed subscriber with unseen posts (of one frequency if given)."""
+    body = request.get_json(silent=True) or {}
+    if not isinstance(body, dict):
+        raise ValidationError("the body must be a JSON object", field="body")
+    return jsonify(digests.summary(digests.send_now(body.get("frequency")))), 202

@@ -70,3 +70,24 @@ def document(base_url: str) -> dict:
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}, "schemas": SCHEMAS},
         "paths": PATHS,
     }
+
+DIGEST = {"$ref": "#/components/schemas/Digest"}
+PATHS["/digests"] = {
+    "get": {"summary": "List digest runs, newest first, with delivery counts",
+            "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 50}}],
+            "responses": _answers(200, {"type": "object", "properties": {"digests": {"type": "array", "items": DIGEST}}}, "runs")},
+    "post": {"summary": "Send a digest now to every confirmed subscriber with unseen posts",
+             "requestBody": {"required": False, **_json({"type": "object", "properties": {
+                 "frequency": {"type": "string", "enum": ["daily", "weekly"],
+                               "description": "only subscribers of this cadence (default: every cadence but off)"}}})},
+             "responses": _answers(202, DIGEST, "the run, created and queued", 422)},
+}
+SCHEMAS["Digest"] = {"type": "object", "properties": {
+    "id": {"type": "integer"}, "slot": {"type": "string", "description": "daily:<date>, weekly:<date> or manual:<uuid>"},
+    "frequency": {"type": ["string", "null"], "enum": ["daily", "weekly", None]},
+    "cutoff": {"type": "string", "format": "date-time"}, "created_at": {"type": "string", "format": "date-time"},
+    "finished_at": {"type": ["string", "null"], "format": "date-time",
+                    "description": "set once no delivery is pending or sending"},
+    "recipients": {"type": "integer"},
+    "counts": {"type": "object", "properties": {status: {"type": "integer"} for status in
+                                                ("pending", "sending", "sent", "failed", "skipped")}}}}

@@ -1,7 +1,7 @@
 """Reader pages: the archive, articles (gated), the feed and the sitemap."""
 from __future__ import annotations
 
-from flask import Blueprint, make_response, render_template, url_for
+from flask import Blueprint, make_response, render_template, request, url_for
 
 from .. import access, content, posts, publication
 from ..security import private
@@ -18,17 +18,22 @@ def archive():
 @bp.get("/p/<slug>")
 def article(slug: str):
     post = posts.get_published(slug)
-    reader = access.current_reader()
+    link = access.article_link(request.args.get("t"), post)  # a digest's signed link opens it and signs in
+    reader = link.reader or access.current_reader()
     allowed = access.can_read(reader, post)
     page = render_template(
         "article.html",
         post=post,
         reader=reader,
         allowed=allowed,
+        link_expired=link.expired and not allowed,
         body_html=post.body_html if allowed else post.teaser_html,
         description=content.plain_text(post.teaser_html)[:300],
     )
-    return private(make_response(page))
+    response = private(make_response(page))
+    if link.reader:
+        access.sign_in(response, link.reader)
+    return response
 
 
 @bp.get("/feed.xml")

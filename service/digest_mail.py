@@ -1,0 +1,162 @@
+"""The digest email: rendered once per run and post set, then personalised per reader by substitution.
+
+Templates are rendered with unique slot markers where per-reader text goes (greeting, signed links);
+the rendered text and CSS-inlined HTML are split at those markers once. Each reader's message is then
+a join of the pieces with their values, quoted-printable encoded, under headers built as bytes.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import textwrap
+from binascii import b2a_qp
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.header import Header
+from email.utils import format_datetime
+from html import escape
+from urllib.parse import urlsplit
+
+from flask import current_app
+
+from . import content, mailer, tokens
+
+
+_ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+")
+
+
+@dataclass(frozen=True)
+class PostItem:
+    id: int
+    slug: str
+    title: str
+    published_at: datetime
+    teaser_html: str
+
+
+@dataclass(frozen=True)
+class Reader:
+    subscriber_id: int
+    email: str
+    name: str
+
+
+class Body:
+    """A rendered body cut at its slots: literal pieces at even indexes, slot names at odd ones."""
+
+    def __init__(self, rendered: str, slot: re.Pattern):
+        self.pieces = slot.split(rendered.replace("\r\n", "\n").replace("\r", "\n"))
+
+    def fill(self, values: dict[str, str]) -> str:
+        pieces = list(self.pieces)
+        pieces[1::2] = [values[name] for name in pieces[1::2]]
+        return "".join(pieces)
+
+
+class DigestMail:
+    """One run's digest of one post set (newest first), ready to personalise for any reader."""
+
+    def __init__(self, digest_id: int, run_stamp: int, posts: list[PostItem], publication_name: str):
+        config = current_app.config
+        self.posts = posts
+        self.base_url = config["BASE_URL"]
+        self.id_prefix = f"kr.{digest_id}.{run_stamp}"
+        nonce = secrets.token_hex(5)
+        slot = re.compile(f"kr{nonce}([a-z0-9]+)kr")
+        text, html = mailer.render_pair("digest", **self._context(publication_name, lambda name: f"kr{nonce}{name}kr"))
+        self.text, self.html = Body(text, slot), Body(html, slot)
+        self.from_name, self.from_address = mailer.sender()
+        self.domain = self.from_address.rpartition("@")[2] or "localhost"
+        self.boundary = f"==kr{nonce}=="
+        self.head = self._shared_head(publication_name, config.get("UNSUBSCRIBE_MAILTO"))
+
+    def _context(self, publication_name: str, slot) -> dict:
+        items = [{
+            "title": post.title,
+            "date": f"{post.published_at:%d %B %Y}".lstrip("0"),
+            "teaser_html": post.teaser_html,
+            "teaser_text": textwrap.fill(content.plain_text(post.teaser_html), 72),
+            "url": slot(f"link{index}"),
+        } for index, post in enumerate(self.posts)]
+        return {
+            "publication": publication_name,
+            "subject": self.subject(publication_name),
+            "greeting": slot("greeting"),
+            "posts": items,
+            "unsubscribe_url": slot("unsubscribe"),
+            "account_url": self.base_url + "/account",
+            "home_url": self.base_url + "/",
+        }
+
+    def subject(self, publication_name: str) -> str:
+        lead, more = self.posts[0].title, len(self.posts) - 1
+        if more == 0:
+            return f"{publication_name}: {lead}"
+        return f"{publication_name}: {lead} and {more} more new post{'s' if more > 1 else ''}"
+
+    def _shared_head(self, publication_name: str, mailto: str | None) -> bytes:
+        host = urlsplit(self.base_url).hostname or "localhost"
+        self.mailto = f", <mailto:{mailer.one_line(mailto)}?subject=unsubscribe>" if mailto else ""
+        lines = [
+            header("From", mailbox(self.from_name, self.from_address)),
+            header("Subject", self.subject(publication_name), encode=True),
+            header("List-Id", f"{phrase(publication_name)} <keepreading.{host}>"),
+            "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
+            "Precedence: bulk",
+            "Auto-Submitted: auto-generated",
+            "MIME-Version: 1.0",
+            f'Content-Type: multipart/alternative; boundary="{self.boundary}"',
+        ]
+        return ("\r\n".join(lines) + "\r\n").encode("ascii")
+
+    def message(self, delivery_id: int, reader: Reader) -> bytes:
+        """The complete RFC 5322 message for one reader, CRLF line ends."""
+        unsubscribe = f"{self.base_url}/unsubscribe/{tokens.make('unsubscribe', reader.subscriber_id, reader.email)}"
+        values = {"unsubscribe": unsubscribe}
+        for index, post in enumerate(self.posts):
+            token = tokens.make("article", reader.subscriber_id, reader.email, post.id)
+            values[f"link{index}"] = f"{self.base_url}/p/{post.slug}?t={token}"
+        greeting = f"Hello {mailer.one_line(reader.name)}," if reader.name.strip() else "Hello,"
+        text = self.text.fill({**values, "greeting": greeting})
+        html = self.html.fill({**values, "greeting": escape(greeting)})
+        own = "\r\n".join([
+            header("To", mailbox(reader.name, reader.email)),
+            f"Date: {format_datetime(datetime.now(timezone.utc))}",
+            f"Message-ID: <{self.id_prefix}.{delivery_id}@{self.domain}>",
+            f"List-Unsubscribe: <{unsubscribe}>{self.mailto}",
+        ]).encode("ascii") + b"\r\n"
+        return b"".join([own, self.head, b"\r\n", self._part("plain", text), self._part("html", html),
+                         f"--{self.boundary}--\r\n".encode("ascii")])
+
+    def _part(self, subtype: str, body: str) -> bytes:
+        encoded = b2a_qp(body.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+        return b"".join([
+            f"--{self.boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
+            "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii"),
+            encoded, b"" if encoded.endswith(b"\r\n") else b"\r\n",
+        ])
+
+
+def header(name: str, value: str, encode: bool = False) -> str:
+    """`Name: value` on one logical line, folded; `encode` RFC 2047-encodes unstructured text."""
+    value = mailer.one_line(value)
+    if encode:
+        charset = "us-ascii" if value.isascii() else "utf-8"
+        value = Header(value, charset, header_name=name).encode(linesep="\r\n")
+    return f"{name}: {value}"
+
+
+def phrase(text: str) -> str:
+    """A display name as RFC 5322 wants it: quoted when it has specials, RFC 2047 when not ASCII."""
+    text = mailer.one_line(text)
+    if not text.isascii():
+        return Header(text, "utf-8").encode(linesep="\r\n")
+    if _ATOMS.fullmatch(text):
+        return text
+    quoted = text.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{quoted}"'
+
+
+def mailbox(name: str, address: str) -> str:
+    name = mailer.one_line(name)
+    return f"{phrase(name)} <{address}>" if name else address

@@ -1,0 +1,274 @@
+"""Digest runs: who is due, one run per schedule slot, deliveries fanned out in id ranges, stale claims recovered.
+
+A run takes every due subscriber at once: it inserts their Delivery rows (INSERT ... SELECT in keyset
+id ranges, never a list of subscribers in memory) and moves their watermark to the run's cutoff in the
+same transaction, under the publication lock, so a second run, a duplicate beat or a concurrent
+dispatcher finds nothing new. A delivery carries the posts published in (delivery.since, digest.cutoff].
+"""
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from flask import current_app
+from sqlalchemy import and_, case, exists, func, insert, literal, or_, select, update
+
+from . import publication, send_journal
+from .errors import NotFound, ValidationError
+from .extensions import db
+from .models import Delivery, Digest, Post, PublicationSettings, Subscriber, UTCDateTime, utcnow
+
+OPEN = ("pending", "sending")
+COUNTED = ("pending", "sending", "sent", "failed", "skipped")
+
+
+# --- the schedule ---
+
+def due_slots(settings: PublicationSettings, now: datetime) -> list[tuple[str, str]]:
+    """(frequency, slot) pairs due at `now`: from the send hour on, once per local day (weekly: on its weekday).
+
+    Counted in the publisher's time zone, so the hour holds across DST changes; on a day whose send
+    hour does not exist (spring forward) the first later hour sends."""
+    local = now.astimezone(ZoneInfo(settings.timezone))
+    if local.hour < settings.send_hour:
+        return []
+    slots = [("daily", f"daily:{local.date().isoformat()}")]
+    if local.weekday() == settings.send_weekday:
+        slots.append(("weekly", f"weekly:{local.date().isoformat()}"))
+    return slots
+
+
+def schedule(now: datetime) -> list[int]:
+    """Create the runs due at `now` that do not exist yet; the ids of those created."""
+    created = []
+    for frequency, slot in due_slots(publication.settings(), now):
+        digest = create_run(slot, frequency, now)
+        if digest is not None:
+            created.append(digest.id)
+    return created
+
+
+def dispatch(now: datetime | None = None) -> dict:
+    """The beat's work: runs due now, claims whose worker died, runs that are settled."""
+    now = now or utcnow()
+    created = schedule(now)
+    for digest_id in created:
+        enqueue(digest_id)
+    return {"created": created, "requeued": recover(now), "finished": finish(now)}
+
+
+def send_now(frequency: str | None = None, now: datetime | None = None) -> Digest:
+    """A manual run for every confirmed subscriber with unseen posts (of one frequency if given), sent now."""
+    if frequency not in (None, "daily", "weekly"):
+        raise ValidationError("frequency must be daily or weekly", field="frequency")
+    digest = create_run(f"manual:{uuid.uuid4()}", frequency, now or utcnow())
+    enqueue(digest.id)
+    return digest
+
+
+# --- creating a run ---
+
+def create_run(slot: str, frequency: str | None, now: datetime) -> Digest | None:
+    """One run for `slot`, with a delivery for each due subscriber; None when the slot has its run already."""
+    db.session.commit()  # the lock below must open the transaction that reads and writes
+    publication.lock()
+    if db.session.scalar(select(Digest.id).where(Digest.slot == slot)) is not None:
+        db.session.rollback()
+        return None
+    digest = Digest(slot=slot, frequency=frequency, cutoff=now, created_at=now)
+    db.session.add(digest)
+    db.session.flush()
+    if not _add_deliveries(digest, now):
+        digest.finished_at = now
+    db.session.commit()
+    return digest
+
+
+def _due(frequency: str | None, latest_post: datetime) -> list:
+    """Confirmed readers of this cadence who have not had the latest post ('default' follows the publisher)."""
+    conditions = [Subscriber.status == "confirmed", watermark() < latest_post]
+    if frequency is None:
+        conditions.append(Subscriber.frequency != "off")
+    elif publication.settings().default_frequency == frequency:
+        conditions.append(Subscriber.frequency.in_((frequency, "default")))
+    else:
+        conditions.append(Subscriber.frequency == frequency)
+    return conditions
+
+
+def watermark():
+    """Posts after this instant are new to the reader (set at confirmation, moved by each digest)."""
+    return func.coalesce(Subscriber.digest_watermark, Subscriber.confirmed_at, Subscriber.created_at)
+
+
+def _add_deliveries(digest: Digest, now: datetime) -> int:
+    """INSERT ... SELECT the due subscribers in keyset id ranges, then move their watermarks; the count."""
+    latest = db.session.scalar(select(func.max(Post.published_at))
+                               .where(Post.published.is_(True), Post.published_at <= digest.cutoff))
+    if latest is None:
+        return 0
+    due, size = _due(digest.frequency, latest), current_app.config["DIGEST_BATCH_SIZE"]
+    promised = literal(now + _lease(), UTCDateTime)  # a queued task owns the pending rows until then
+    last = 0
+    while True:
+        upper = db.session.scalar(select(Subscriber.id).where(*due, Subscriber.id > last)
+                                  .order_by(Subscriber.id).offset(size - 1).limit(1))
+        bounds = [Subscriber.id > last] + ([Subscriber.id <= upper] if upper is not None else [])
+        rows = select(literal(digest.id), Subscriber.id, watermark(), literal("pending"), literal(0), promised)
+        db.session.execute(insert(Delivery).from_select(
+            ["digest_id", "subscriber_id", "since", "status", "attempts", "lease_until"], rows.where(*due, *bounds)))
+        if upper is None:
+            break
+        last = upper
+    readers = select(Delivery.subscriber_id).where(Delivery.digest_id == digest.id)
+    moved = db.session.execute(update(Subscriber).where(Subscriber.id.in_(readers))
+                               .values(digest_watermark=digest.cutoff).execution_options(synchronize_session=False))
+    return moved.rowcount
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=current_app.config["DELIVERY_LEASE"])
+
+
+# --- handing ranges to workers ---
+
+def enqueue(digest_id: int) -> int:
+    """One batch task per id range of the run's pending deliveries; the number of tasks."""
+    from . import tasks
+
+    count = 0
+    for first, last in id_ranges(Delivery.digest_id == digest_id, Delivery.status == "pending"):
+        tasks.send_digest_batch.delay(digest_id, first, last)
+        count += 1
+    return count
+
+
+def id_ranges(*conditions) -> Iterator[tuple[int, int]]:
+    """(first, last) delivery ids of consecutive chunks of DIGEST_BATCH_SIZE rows matching `conditions`."""
+    size, last = current_app.config["DIGEST_BATCH_SIZE"], 0
+    while True:
+        ids = db.session.scalars(select(Delivery.id).where(*conditions, Delivery.id > last)
+                                 .order_by(Delivery.id).limit(size)).all()
+        if not ids:
+            return
+        yield ids[0], ids[-1]
+        last = ids[-1]
+
+
+# --- recovery and completion ---
+
+def recover(now: datetime, digest_id: int | None = None) -> int:
+    """Claims whose lease ran out (their worker died) and pending rows no task holds go back to workers.
+
+    A 'sending' row the send journal holds was handed to the mail server: it is sent. The others are
+    pending again and enqueued. The number of deliveries handed out again."""
+    runs = select(Digest).where(Digest.finished_at.is_(None))
+    if digest_id is not None:
+        runs = runs.where(Digest.id == digest_id)
+    count = 0
+    for digest in db.session.scalars(runs).all():  # unfinished runs: a handful
+        count += _recover_run(digest, now)
+    return count
+
+
+def _recover_run(digest: Digest, now: datetime) -> int:
+    stale = and_(Delivery.digest_id == digest.id, Delivery.status.in_(OPEN),
+                 or_(Delivery.lease_until.is_(None), Delivery.lease_until < now))
+    journal, size, count = send_journal.for_run(digest), current_app.config["DIGEST_BATCH_SIZE"], 0
+    max_attempts = current_app.config["DIGEST_MAX_ATTEMPTS"]
+    while True:
+        rows = db.session.execute(select(Delivery.id, Delivery.status).where(stale)
+                                  .order_by(Delivery.id).limit(size)).all()
+        if not rows:
+            return count
+        handed_over = journal.recorded([row.id for row in rows if row.status == "sending"])
+        ids = [row.id for row in rows if row.id not in handed_over]
+        _mark(handed_over, status="sent", sent_at=now, lease_until=None, error="sent; its worker stopped before recording it")
+        _mark(ids, status=case((Delivery.attempts >= max_attempts, "failed"), else_="pending"),
+              lease_until=now + _lease(), error=case((Delivery.attempts >= max_attempts, "gave up: attempts exhausted"),
+                                                     else_=Delivery.error))
+        db.session.commit()
+        if ids:
+            _enqueue_ids(digest.id, ids)
+        count += len(ids)
+
+
+def _enqueue_ids(digest_id: int, ids: list[int]) -> None:
+    from . import tasks
+
+    tasks.send_digest_batch.delay(digest_id, ids[0], ids[-1])
+
+
+def _mark(ids, **values) -> None:
+    if ids:
+        db.session.execute(update(Delivery).where(Delivery.id.in_(list(ids)))
+                           .values(**values).execution_options(synchronize_session=False))
+
+
+def finish(now: datetime) -> list[int]:
+    """Runs none of whose deliveries is pending or sending get their finished_at; their ids."""
+    still_open = exists().where(Delivery.digest_id == Digest.id, Delivery.status.in_(OPEN))
+    settled = db.session.scalars(select(Digest).where(Digest.finished_at.is_(None), ~still_open)).all()
+    for digest in settled:
+        digest.finished_at = now
+    db.session.commit()
+    for digest in settled:
+        send_journal.for_run(digest).drop()
+    return [digest.id for digest in settled]
+
+
+def settle(digest_id: int, now: datetime | None = None) -> dict:
+    """For `digest send --wait`: recover this run's stale claims, finish it if it can be; its summary."""
+    now = now or utcnow()
+    recover(now, digest_id)
+    finish(now)
+    return summary(get(digest_id))
+
+
+# --- reading runs ---
+
+def get(digest_id: int) -> Digest:
+    digest = db.session.get(Digest, digest_id)
+    if digest is None:
+        raise NotFound(f"no digest run {digest_id}")
+    return digest
+
+
+def counts(digest_ids: list[int]) -> dict[int, dict[str, int]]:
+    found = {digest_id: dict.fromkeys(COUNTED, 0) for digest_id in digest_ids}
+    rows = db.session.execute(select(Delivery.digest_id, Delivery.status, func.count())
+                              .where(Delivery.digest_id.in_(digest_ids)).group_by(Delivery.digest_id, Delivery.status))
+    for digest_id, status, number in rows:
+        found[digest_id][status] = number
+    return found
+
+
+def summary(digest: Digest, tally: dict[str, int] | None = None) -> dict:
+    tally = tally if tally is not None else counts([digest.id])[digest.id]
+    return {
+        "id": digest.id,
+        "slot": digest.slot,
+        "frequency": digest.frequency,
+        "cutoff": digest.cutoff.isoformat(),
+        "created_at": digest.created_at.isoformat(),
+        "finished_at": digest.finished_at.isoformat() if digest.finished_at else None,
+        "recipients": sum(tally.values()),
+        "counts": tally,
+    }
+
+
+def recent(limit: int = 50) -> list[dict]:
+    """The latest runs, newest first, with their delivery counts."""
+    runs = db.session.scalars(select(Digest).order_by(Digest.id.desc()).limit(limit)).all()
+    tallies = counts([digest.id for digest in runs])
+    return [summary(digest, tallies[digest.id]) for digest in runs]
+
+
+def posts_for(since: datetime | None, cutoff: datetime) -> list[Post]:
+    """The posts of one delivery: published in (since, cutoff], newest first."""
+    query = select(Post).where(Post.published.is_(True), Post.published_at <= cutoff)
+    if since is not None:
+        query = query.where(Post.published_at > since)
+    return list(db.session.scalars(query.order_by(Post.published_at.desc(), Post.id.desc())))

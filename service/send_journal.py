@@ -1,0 +1,99 @@
+"""What a sending worker handed to the mail server, written just before each end-of-data.
+
+A batch marks its deliveries sent in bulk, so a worker killed mid-batch leaves claims whose fate the
+database cannot tell. Each message is recorded here (one cheap write, no SQL) right before the final
+"." that makes the server take it, so the dispatcher resolves such claims: recorded means handed over
+(sent), not recorded means the server never took it (send again). Redis when REDIS_URL is set (shared
+by workers on many machines); otherwise a file in the instance folder (the single-machine default).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flask import current_app
+
+from .models import Digest
+
+TTL = 14 * 24 * 3600
+_clients: dict[str, object] = {}
+
+
+def for_run(digest: Digest) -> "RedisJournal | FileJournal":
+    config = current_app.config
+    name = f"{digest.id}-{int(digest.created_at.timestamp() * 1_000_000)}"
+    if config.get("REDIS_URL"):
+        return RedisJournal(config["REDIS_URL"], f"keepreading:{config['CELERY_QUEUE']}:journal:{name}")
+    return FileJournal(Path(current_app.instance_path) / "journal" / f"digest-{name}.log")
+
+
+class RedisJournal:
+    def __init__(self, url: str, key: str):
+        if url not in _clients:
+            import redis
+
+            _clients[url] = redis.Redis.from_url(url)
+        self.client = _clients[url]
+        self.key = key
+        self.fresh = True
+
+    def record(self, delivery_id: int) -> None:
+        self.client.sadd(self.key, delivery_id)
+        if self.fresh:
+            self.client.expire(self.key, TTL)
+            self.fresh = False
+
+    def retract(self, delivery_id: int) -> None:
+        self.client.srem(self.key, delivery_id)
+
+    def recorded(self, delivery_ids: list[int]) -> set[int]:
+        if not delivery_ids:
+            return set()
+        flags = self.client.smismember(self.key, delivery_ids)
+        return {delivery_id for delivery_id, flag in zip(delivery_ids, flags) if flag}
+
+    def drop(self) -> None:
+        self.client.delete(self.key)
+
+    def close(self) -> None:
+        pass
+
+
+class FileJournal:
+    """Appends of a few bytes with O_APPEND: atomic between processes, kept by the OS if the process dies."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fd: int | None = None
+
+    def _write(self, line: str) -> None:
+        if self.fd is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        os.write(self.fd, line.encode())
+
+    def record(self, delivery_id: int) -> None:
+        self._write(f"{delivery_id}\n")
+
+    def retract(self, delivery_id: int) -> None:
+        self._write(f"-{delivery_id}\n")
+
+    def recorded(self, delivery_ids: list[int]) -> set[int]:
+        if not self.path.exists():
+            return set()
+        held: set[int] = set()
+        for line in self.path.read_text().split():
+            if line.startswith("-"):
+                held.discard(int(line[1:]))
+            elif line:
+                held.add(int(line))
+        return held.intersection(delivery_ids)
+
+    def drop(self) -> None:
+        self.close()
+        self.path.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None

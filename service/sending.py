@@ -1,0 +1,217 @@
+"""One batch of digest deliveries: claim, re-check the readers, render once per post set, send on one
+SMTP connection, record the outcomes in bulk.
+
+Exactly once: rows are claimed (pending -> sending, with a lease) in one UPDATE before any SMTP, so a
+duplicate or redelivered task finds nothing to send; each message is written to the send journal just
+before the mail server takes it and the batch stops sending before its lease runs out, so the
+dispatcher can settle the claims of a worker that died (see send_journal, digests.recover).
+"""
+from __future__ import annotations
+
+import logging
+import random
+import smtplib
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from flask import current_app
+from sqlalchemy import case, select, update
+
+from . import mailer, publication, send_journal
+from .digest_mail import DigestMail, PostItem, Reader
+from .extensions import db
+from .models import Delivery, Digest, Post, Subscriber, utcnow
+
+log = logging.getLogger(__name__)
+_mails: dict[tuple, DigestMail] = {}  # (run, post set) -> rendered digest, per worker process
+
+
+class LeaseRunningOut(Exception):
+    """The batch's claim is about to expire: stop before the dispatcher gives its rows to another worker."""
+
+
+@dataclass
+class Claimed:
+    delivery_id: int
+    subscriber_id: int
+    since: datetime | None
+
+
+@dataclass
+class Outcomes:
+    sent: list[int] = field(default_factory=list)
+    skipped: dict[int, str] = field(default_factory=dict)
+    refused: dict[int, str] = field(default_factory=dict)  # 4xx: again later
+    failed: dict[int, str] = field(default_factory=dict)  # 5xx
+    bounced: dict[int, str] = field(default_factory=dict)  # subscriber id -> reason
+    unsent: list[int] = field(default_factory=list)  # never tried: the server was away or the lease ran out
+    trouble: str = ""
+
+
+def send_batch(digest_id: int, first_id: int, last_id: int, attempt: int = 0) -> float | None:
+    """Send the pending deliveries of this run in [first_id, last_id]; seconds until a retry is due, or None."""
+    digest = db.session.get(Digest, digest_id)
+    if digest is None:
+        return None
+    lease = current_app.config["DELIVERY_LEASE"]
+    deadline = time.monotonic() + lease - min(lease / 5, 30)
+    claimed = claim(digest_id, first_id, last_id, utcnow() + timedelta(seconds=lease))
+    if not claimed:
+        return None
+    outcomes = _send(digest, claimed, deadline)
+    delay = backoff(attempt) if outcomes.refused or outcomes.unsent else None
+    record(outcomes, delay)
+    return delay
+
+
+def claim(digest_id: int, first_id: int, last_id: int, lease_until: datetime) -> list[Claimed]:
+    """pending -> sending in one UPDATE; only this task gets the rows it returns."""
+    claimed = db.session.execute(
+        update(Delivery)
+        .where(Delivery.digest_id == digest_id, Delivery.id.between(first_id, last_id), Delivery.status == "pending")
+        .values(status="sending", lease_until=lease_until, attempts=Delivery.attempts + 1)
+        .returning(Delivery.id, Delivery.subscriber_id, Delivery.since)
+    ).all()
+    db.session.commit()
+    return sorted((Claimed(*row) for row in claimed), key=lambda row: row.delivery_id)
+
+
+def _send(digest: Digest, claimed: list[Claimed], deadline: float) -> Outcomes:
+    outcomes = Outcomes()
+    readers = _readers([row.subscriber_id for row in claimed])
+    posts = _posts(digest, [row.since for row in claimed])
+    work = []
+    for row in claimed:
+        reader, status = readers.get(row.subscriber_id, (None, "deleted"))
+        post_set = [post for post in posts if row.since is None or post.published_at > row.since]
+        if status != "confirmed":
+            outcomes.skipped[row.delivery_id] = f"subscriber {status}"
+        elif not post_set:
+            outcomes.skipped[row.delivery_id] = "no new posts"
+        else:
+            work.append((row, reader, post_set))
+    if work:
+        _send_all(digest, work, deadline, outcomes)
+    return outcomes
+
+
+def _readers(subscriber_ids: list[int]) -> dict[int, tuple[Reader, str]]:
+    """Each reader's address, name and status now: an unsubscribe after the run was created counts."""
+    rows = db.session.execute(select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.status)
+                              .where(Subscriber.id.in_(subscriber_ids)))
+    return {row.id: (Reader(row.id, row.email, row.name or ""), row.status) for row in rows}
+
+
+def _posts(digest: Digest, sinces: list[datetime | None]) -> list[PostItem]:
+    """Every post any of these deliveries carries, newest first (each delivery takes a suffix of them)."""
+    query = select(Post.id, Post.slug, Post.title, Post.published_at, Post.teaser_html).where(
+        Post.published.is_(True), Post.published_at <= digest.cutoff)
+    known = [since for since in sinces if since is not None]
+    if known and len(known) == len(sinces):
+        query = query.where(Post.published_at > min(known))
+    rows = db.session.execute(query.order_by(Post.published_at.desc(), Post.id.desc()))
+    return [PostItem(*row) for row in rows]
+
+
+def _send_all(digest: Digest, work: list, deadline: float, outcomes: Outcomes) -> None:
+    journal = send_journal.for_run(digest)
+    transport = mailer.open_transport()
+    from_address = mailer.sender()[1]
+    try:
+        for index, (row, reader, post_set) in enumerate(work):
+            try:
+                _send_one(transport, journal, from_address, _mail(digest, post_set).message(row.delivery_id, reader),
+                          row, reader, deadline, outcomes)
+            except (LeaseRunningOut, OSError, smtplib.SMTPException) as trouble:
+                outcomes.trouble = f"{type(trouble).__name__}: {trouble}"[:500]
+                outcomes.unsent.extend(item[0].delivery_id for item in work[index:])
+                log.warning("digest %s: batch stopped (%s); %d left for later", digest.id, outcomes.trouble,
+                            len(work) - index)
+                return
+    finally:
+        transport.close()
+        journal.close()
+
+
+def _send_one(transport, journal, from_address: str, message: bytes, row: Claimed, reader: Reader,
+              deadline: float, outcomes: Outcomes) -> None:
+    handed_over = False
+
+    def commit() -> None:
+        nonlocal handed_over
+        if time.monotonic() >= deadline:
+            raise LeaseRunningOut("the claim's lease is running out")
+        journal.record(row.delivery_id)
+        handed_over = True
+
+    try:
+        transport.deliver(from_address, reader.email, message, commit)
+    except mailer.DeliveryError as refusal:
+        if handed_over:
+            journal.retract(row.delivery_id)
+        reason = str(refusal)[:500]
+        if refusal.permanent:
+            outcomes.failed[row.delivery_id] = reason
+            outcomes.bounced[row.subscriber_id] = reason
+        else:
+            outcomes.refused[row.delivery_id] = reason
+        return
+    except (OSError, smtplib.SMTPException):
+        if not handed_over:
+            raise
+        log.warning("digest delivery %s: connection lost after end of data; taken as sent", row.delivery_id)
+    outcomes.sent.append(row.delivery_id)
+
+
+def _mail(digest: Digest, post_set: list[PostItem]) -> DigestMail:
+    key = (digest.id, digest.created_at, tuple((post.id, post.title) for post in post_set))
+    if key not in _mails:
+        if len(_mails) > 64:
+            _mails.clear()
+        stamp = int(digest.created_at.timestamp() * 1_000_000)
+        _mails[key] = DigestMail(digest.id, stamp, post_set, publication.name())
+    return _mails[key]
+
+
+def record(outcomes: Outcomes, delay: float | None) -> None:
+    """Every outcome of the batch in a few bulk UPDATEs and one commit."""
+    now = utcnow()
+    max_attempts = current_app.config["DIGEST_MAX_ATTEMPTS"]
+    again = now + timedelta(seconds=(delay or 0) + current_app.config["DELIVERY_LEASE"])
+    _update(outcomes.sent, status="sent", sent_at=now, lease_until=None, error=None)
+    for reason, ids in _by_reason(outcomes.skipped):
+        _update(ids, status="skipped", lease_until=None, error=reason)
+    for reason, ids in _by_reason(outcomes.failed):
+        _update(ids, status="failed", lease_until=None, error=reason)
+    for reason, ids in _by_reason(outcomes.refused):
+        exhausted = Delivery.attempts >= max_attempts
+        _update(ids, status=case((exhausted, "failed"), else_="pending"), lease_until=again, error=reason)
+    # the server was away or time ran out: not the readers' doing, so these claims are not attempts
+    _update(outcomes.unsent, status="pending", lease_until=again, attempts=Delivery.attempts - 1,
+            error=outcomes.trouble or None)
+    db.session.commit()
+    from . import subscriptions  # owns every status change (issue 3's module)
+
+    for subscriber_id, reason in outcomes.bounced.items():
+        subscriptions.mark_bounced(subscriber_id, reason)
+
+
+def _by_reason(reasons: dict[int, str]) -> list[tuple[str, list[int]]]:
+    grouped: dict[str, list[int]] = {}
+    for delivery_id, reason in reasons.items():
+        grouped.setdefault(reason, []).append(delivery_id)
+    return list(grouped.items())
+
+
+def _update(ids: list[int], **values) -> None:
+    if ids:
+        db.session.execute(update(Delivery).where(Delivery.id.in_(ids), Delivery.status == "sending")
+                           .values(**values).execution_options(synchronize_session=False))
+
+
+def backoff(attempt: int) -> float:
+    """Exponential, capped, with jitter so refused recipients do not come back all at once."""
+    config = current_app.config
+    delay = min(config["DIGEST_RETRY_MAX_DELAY"], config["DIGEST_RETRY_DELAY"] * 2 ** attempt)
+    return delay * random.uniform(0.5, 1.0)
