@@ -38,6 +38,7 @@ def _init_extensions(app: Flask) -> None:
     migrate.init_app(app, db)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"] or "memory://")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", False)
+    limiter._key_prefix = None  # the limiter is module-global: each app (a test's, say) brings its own prefix
     limiter.init_app(app)
     csrf.init_app(app)
     celery_init_app(app)
@@ -45,10 +46,12 @@ def _init_extensions(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from .web import api, ops, reader
+    from .web import account, api, embed, ops, reader
     from .extensions import csrf
 
     app.register_blueprint(reader.bp)
+    app.register_blueprint(account.bp)
+    app.register_blueprint(embed.bp)
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(ops.bp)
     csrf.exempt(api.bp)

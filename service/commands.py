@@ -1,4 +1,4 @@
-"""CLI commands on the `keepreading` group: posts and demo content."""
+"""CLI commands on the `keepreading` group: posts, subscribers and demo content."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import func, select
 
-from . import demo, posts
+from . import demo, posts, subscriber_csv
 from .errors import DomainError
 from .extensions import db
 from .models import Post
@@ -18,6 +18,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(posts_group)
     app.cli.add_command(demo_command)
     app.cli.add_command(digest_group)
+    app.cli.add_command(subscribers_group)
 
 
 @click.group("posts", cls=AppGroup, help="Publish and list posts.")
@@ -47,6 +48,35 @@ def list_posts():
     for post in posts.every():
         state = post.published_at.date().isoformat() if post.published_at else "draft"
         click.echo(f"{state:<10}  {post.visibility:<11}  {post.slug}  {post.title}")
+
+
+@click.group("subscribers", help="Import and export the subscriber list as CSV.")
+def subscribers_group():
+    pass
+
+
+@subscribers_group.command("import")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def import_subscribers(path: Path):
+    """Import FILE.csv (email,name,status,subscribed_at); bad rows are listed by line and skipped."""
+    try:
+        report = subscriber_csv.import_text(path.read_text(encoding="utf-8-sig"))
+    except DomainError as error:
+        raise click.ClickException(error.message) from None
+    for problem in report.errors:
+        click.echo(f"{path}:{problem['line']}: {problem['message']}", err=True)
+    click.echo(f"imported {report.imported}, unchanged {report.unchanged}, invalid {len(report.errors)}")
+    if report.errors:
+        raise SystemExit(1)
+
+
+@subscribers_group.command("export")
+@click.argument("path", type=click.Path(dir_okay=False, writable=True, path_type=Path))
+def export_subscribers(path: Path):
+    """Write every subscriber to FILE.csv."""
+    with path.open("w", encoding="utf-8", newline="") as stream:
+        count = subscriber_csv.export(stream)
+    click.echo(f"exported {count} subscribers to {path}")
 
 
 @click.command("demo")

@@ -73,6 +73,8 @@ def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str
     config.update(overrides)
     _finish_secrets(config, instance, development)
     config["SECURE_COOKIES"] = config["BASE_URL"].startswith("https://")
+    config.setdefault("SESSION_COOKIE_SAMESITE", "Lax")  # the session carries the CSRF secret of the forms
+    config.setdefault("SESSION_COOKIE_SECURE", config["SECURE_COOKIES"])
     config["MAIL_FROM"] = config["MAIL_FROM"] or f'{config["PUBLICATION_NAME"]} <newsletter@localhost>'
     return config
 

@@ -1,13 +1,14 @@
 """Domain errors, and the one handler that maps them to HTTP as HTML or JSON."""
 from __future__ import annotations
 
-from flask import Flask, jsonify, render_template, request
+from flask import Flask, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException
 
 
 class DomainError(Exception):
     status = 400
     code = "error"
+    template = "error.html"
 
     def __init__(self, message: str = "", field: str | None = None):
         super().__init__(message or self.__doc__)
@@ -51,6 +52,7 @@ class TokenExpired(InvalidToken):
     """This link has expired."""
 
     code = "expired_token"
+    template = "expired.html"
 
     def __init__(self, purpose: str = "", payload=None):
         super().__init__(purpose)
@@ -71,6 +73,11 @@ def wants_json() -> bool:
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
 
 
+def show_form_errors_on(template: str, **context) -> None:
+    """A field error in this request is shown next to its field on `template` (HTML answers only)."""
+    g.form_page = (template, context)
+
+
 def register(app: Flask) -> None:
     @app.errorhandler(DomainError)
     def domain_error(error: DomainError):
@@ -79,7 +86,10 @@ def register(app: Flask) -> None:
             if error.field:
                 body["field"] = error.field
             return jsonify(body), error.status
-        return render_template("error.html", error=error), error.status
+        if error.field and "form_page" in g:
+            template, context = g.form_page
+            return render_template(template, error=error, form=request.form, **context), error.status
+        return render_template(error.template, error=error), error.status
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

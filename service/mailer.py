@@ -1,6 +1,7 @@
 """Email: render a .txt/.html pair from emails/, inline its CSS, hand the bytes to a transport."""
 from __future__ import annotations
 
+import email.policy
 import logging
 import re
 import smtplib
@@ -28,6 +29,8 @@ templates = Environment(
 )
 _inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
 _LINK = re.compile(r"https?://\S+")
+# Headers are folded only past RFC 5322's hard limit: a List-Unsubscribe URL must stay one plain token.
+POLICY = email.policy.default.clone(max_line_length=998)
 
 
 class DeliveryError(Exception):
@@ -63,7 +66,7 @@ def sender() -> tuple[str, str]:
 def build(to_email: str, to_name: str, subject: str, text: str, html: str, headers: dict | None = None) -> EmailMessage:
     """A multipart/alternative message with safe headers (names RFC 2047-encoded by the policy)."""
     display, address = sender()
-    message = EmailMessage()
+    message = EmailMessage(policy=POLICY)
     message["From"] = Address(display, addr_spec=address) if display else address
     message["To"] = Address(one_line(to_name), addr_spec=to_email) if to_name.strip() else to_email
     message["Subject"] = one_line(subject)
@@ -80,7 +83,8 @@ def send_message(message: EmailMessage, transport=None) -> None:
     own = transport is None
     transport = transport or open_transport()
     try:
-        transport.send(sender()[1], [parseaddr(str(message["To"]))[1]], message.as_bytes())
+        wire = message.as_bytes(policy=message.policy.clone(linesep="\r\n"))  # SMTP wants CRLF line ends
+        transport.send(sender()[1], [parseaddr(str(message["To"]))[1]], wire)
     finally:
         if own:
             transport.close()

@@ -1,7 +1,7 @@
 """Headers on every response: no framing (but the embed form), no sniffing, a strict referrer policy."""
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, request
+from flask import Flask, Response, current_app, g, request
 
 FRAMABLE_ENDPOINTS = {"embed.form"}
 
@@ -14,7 +14,7 @@ def add_headers(response: Response) -> Response:
     headers = response.headers
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("Referrer-Policy", "strict-origin-when-cross-origin")
-    if request.endpoint in FRAMABLE_ENDPOINTS:
+    if request.endpoint in FRAMABLE_ENDPOINTS or g.get("framable"):
         origins = " ".join(current_app.config["EMBED_ORIGINS"]) or "'none'"
         ancestors = f"'self' {origins}" if origins != "'none'" else "'self'"
         headers["Content-Security-Policy"] = f"frame-ancestors {ancestors}"
@@ -22,6 +22,11 @@ def add_headers(response: Response) -> Response:
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Content-Security-Policy", "frame-ancestors 'none'")
     return response
+
+
+def allow_framing() -> None:
+    """This answer belongs inside the embed iframe (the embed form's own result page)."""
+    g.framable = True
 
 
 def private(response: Response) -> Response:

@@ -12,6 +12,22 @@ def ping(value: str) -> str:
     return health.record_ping(value)
 
 
+@shared_task(name="service.tasks.send_outbox_email")
+def send_outbox_email(outbox_id: int) -> bool:
+    """Send one transactional email (confirm, sign-in, welcome) from the outbox table."""
+    from . import outbox
+
+    return outbox.send(outbox_id)
+
+
+@shared_task(name="service.tasks.flush_outbox")
+def flush_outbox() -> int:
+    """Beat: queue again the outbox emails a broker outage or an SMTP failure left unsent."""
+    from . import outbox
+
+    return outbox.flush()
+
+
 @shared_task(name="service.tasks.dispatch_digests")
 def dispatch_digests() -> dict:
     """Beat: create the digest runs due now, hand out claims whose worker died, close settled runs."""

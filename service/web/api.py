@@ -4,10 +4,12 @@ from __future__ import annotations
 import hmac
 
 from flask import Blueprint, current_app, jsonify, request
+from sqlalchemy import select
 
-from .. import digests, posts, publication
+from .. import digests, posts, publication, subscriber_csv, subscriptions
 from ..errors import ValidationError
-from ..models import Post
+from ..extensions import db
+from ..models import STATUSES, Post, Subscriber
 from . import openapi
 from .reader import absolute_url
 
@@ -100,6 +102,38 @@ def get_settings():
 @bp.patch("/settings")
 def update_settings():
     return jsonify(publication.as_dict(publication.update(json_body())))
+
+
+@bp.get("/subscribers")
+def list_subscribers():
+    """Subscribers, newest first, a page at a time (or every one as CSV with ?format=csv)."""
+    if request.args.get("format") == "csv":
+        return subscriber_csv.export_text(), 200, {
+            "Content-Type": "text/csv; charset=utf-8",
+            "Content-Disposition": 'attachment; filename="subscribers.csv"',
+        }
+    query = select(Subscriber).order_by(Subscriber.id.desc())
+    status = request.args.get("status")
+    if status is not None:
+        if status not in STATUSES:
+            raise ValidationError(f"status must be one of {', '.join(STATUSES)}", field="status")
+        query = query.where(Subscriber.status == status)
+    page = db.paginate(query, max_per_page=500, error_out=False)
+    return jsonify(subscribers=[subscriptions.as_dict(s) for s in page.items],
+                   page=page.page, per_page=page.per_page, total=page.total, pages=page.pages)
+
+
+@bp.post("/subscribers/import")
+def import_subscribers():
+    """A CSV (columns email,name,status,subscribed_at) as the body or as the multipart field `file`."""
+    request.max_content_length = 20 * 1024 * 1024  # a whole list, not a form
+    upload = request.files.get("file")
+    raw = upload.read() if upload else request.get_data()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValidationError("the CSV must be UTF-8", field="file") from None
+    return jsonify(subscriber_csv.import_text(text).as_dict())
 
 
 @bp.get("/digests")

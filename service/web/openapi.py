@@ -20,6 +20,9 @@ SLUG = {"name": "slug", "in": "path", "required": True, "schema": {"type": "stri
 POST = {"$ref": "#/components/schemas/Post"}
 POST_INPUT = {"$ref": "#/components/schemas/PostInput"}
 SETTINGS = {"$ref": "#/components/schemas/Settings"}
+SUBSCRIBER = {"$ref": "#/components/schemas/Subscriber"}
+STATUS_VALUES = ["pending", "confirmed", "unsubscribed", "bounced", "deleted"]
+CSV_COLUMNS = "columns email,name,status,subscribed_at"
 
 PATHS: dict = {
     "/posts": {
@@ -38,6 +41,36 @@ PATHS: dict = {
         "get": {"summary": "Publication settings", "responses": _answers(200, SETTINGS, "settings")},
         "patch": {"summary": "Change publication settings", "requestBody": {"required": True, **_json(SETTINGS)},
                   "responses": _answers(200, SETTINGS, "settings", 422)},
+    },
+    "/subscribers": {
+        "get": {
+            "summary": "List subscribers (paginated), or export them all as CSV",
+            "parameters": [
+                {"name": "status", "in": "query", "schema": {"type": "string", "enum": STATUS_VALUES}},
+                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+                {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 20}},
+                {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]},
+                 "description": "csv: every subscriber, " + CSV_COLUMNS},
+            ],
+            "responses": {
+                **_answers(200, None, "", 422),
+                "200": {"description": "a page of subscribers (JSON), or every subscriber (CSV)", "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/SubscriberPage"}},
+                    "text/csv": {"schema": {"type": "string"}}}},
+            },
+        },
+    },
+    "/subscribers/import": {
+        "post": {
+            "summary": "Import subscribers from CSV; invalid rows are reported by line, valid ones kept",
+            "description": CSV_COLUMNS + "; status=confirmed rows are imported as confirmed with consent source "
+                           "'import'; addresses already known are left unchanged, so re-importing is idempotent.",
+            "requestBody": {"required": True, "content": {
+                "text/csv": {"schema": {"type": "string"}},
+                "multipart/form-data": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
+            }},
+            "responses": _answers(200, {"$ref": "#/components/schemas/ImportReport"}, "what was imported", 413, 422),
+        },
     },
 }
 
@@ -58,6 +91,20 @@ SCHEMAS: dict = {
         "send_hour": {"type": "integer", "minimum": 0, "maximum": 23}, "send_weekday": {"type": "integer", "minimum": 0, "maximum": 6},
         "timezone": {"type": "string"}, "teaser_words": {"type": "integer", "minimum": 10, "maximum": 2000},
         "blocked_domains": {"type": "array", "items": {"type": "string"}}}},
+    "Subscriber": {"type": "object", "properties": {
+        "id": {"type": "integer"}, "email": {"type": "string", "format": "email"}, "name": {"type": "string"},
+        "status": {"type": "string", "enum": STATUS_VALUES},
+        "frequency": {"type": "string", "enum": ["default", "daily", "weekly", "off"]},
+        "created_at": {"type": "string", "format": "date-time"},
+        "confirmed_at": {"type": ["string", "null"], "format": "date-time"},
+        "unsubscribed_at": {"type": ["string", "null"], "format": "date-time"}}},
+    "SubscriberPage": {"type": "object", "properties": {
+        "subscribers": {"type": "array", "items": SUBSCRIBER}, "page": {"type": "integer"},
+        "per_page": {"type": "integer"}, "total": {"type": "integer"}, "pages": {"type": "integer"}}},
+    "ImportReport": {"type": "object", "properties": {
+        "imported": {"type": "integer"}, "unchanged": {"type": "integer"},
+        "errors": {"type": "array", "items": {"type": "object", "properties": {
+            "line": {"type": "integer"}, "message": {"type": "string"}}}}}},
 }
 
 

@@ -1,0 +1,150 @@
+"""Transactional email (confirm, sign-in, welcome): a database row first, then a task that claims and sends it.
+
+The row is written in the same transaction as the change that needs the mail, and the task is queued only
+after that commit. If the broker is down the row waits, and the `flush_outbox` beat task queues it again.
+"""
+from __future__ import annotations
+
+import logging
+import smtplib
+from datetime import timedelta
+
+from flask import current_app
+from sqlalchemy import or_, select, update
+
+from . import links, mailer, publication, tokens
+from .extensions import db
+from .models import OutboxEmail, Subscriber, utcnow
+
+log = logging.getLogger(__name__)
+SEND_TASK = "service.tasks.send_outbox_email"
+LEASE = timedelta(minutes=5)
+FIRST_TRY_GRACE = timedelta(minutes=2)  # a new row's own task may still be queued
+STALE_AFTER = timedelta(days=1)  # a day-old confirmation email would only confuse
+MAX_ATTEMPTS = 6
+SUBJECTS = {
+    "confirm": "Confirm your subscription to {publication}",
+    "signin": "Your sign-in link for {publication}",
+    "welcome": "Welcome to {publication}",
+}
+
+
+def add(kind: str, subscriber: Subscriber, **data) -> OutboxEmail:
+    """Stage an email in the caller's transaction; dispatch it after the commit."""
+    if kind not in SUBJECTS:
+        raise ValueError(f"unknown email kind {kind!r}")
+    email = OutboxEmail(kind=kind, subscriber_id=subscriber.id, data=data)
+    db.session.add(email)
+    return email
+
+
+def dispatch(emails: list[OutboxEmail]) -> None:
+    for email in emails:
+        enqueue(email.id)
+
+
+def enqueue(outbox_id: int) -> None:
+    """Queue the send task; a broker failure is logged and noted on the row, never raised."""
+    try:
+        current_app.extensions["celery"].send_task(SEND_TASK, args=[outbox_id], retry=False)
+    except Exception as error:  # kombu raises many kinds of errors for an unreachable broker
+        log.warning("could not queue outbox email %s (flush_outbox will): %s", outbox_id, error)
+        _note(outbox_id, f"not queued: {type(error).__name__}")
+
+
+def send(outbox_id: int) -> bool:
+    """Claim the row, send it, mark it sent. False when another worker has it or it is done."""
+    email = _claim(outbox_id)
+    if email is None:
+        return False
+    subscriber = db.session.get(Subscriber, email.subscriber_id) if email.subscriber_id else None
+    if subscriber is None:
+        return _give_up(email, "the subscriber is gone")
+    try:
+        mailer.send_message(compose(email, subscriber))
+    except mailer.DeliveryError as error:
+        return _give_up(email, str(error)) if error.permanent else _retry_later(email, str(error))
+    except (smtplib.SMTPException, OSError) as error:
+        return _retry_later(email, f"{type(error).__name__}: {error}")
+    email.sent_at, email.lease_until, email.error = utcnow(), None, None
+    db.session.commit()
+    return True
+
+
+def flush() -> int:
+    """Queue every unsent row that is due again (never queued, failed for a while, or lease expired)."""
+    now = utcnow()
+    due = select(OutboxEmail.id).where(
+        OutboxEmail.sent_at.is_(None),
+        OutboxEmail.attempts < MAX_ATTEMPTS,
+        OutboxEmail.created_at > now - STALE_AFTER,
+        or_(OutboxEmail.lease_until.is_(None), OutboxEmail.lease_until < now),
+        or_(OutboxEmail.error.is_not(None), OutboxEmail.created_at < now - FIRST_TRY_GRACE),
+    )
+    ids = list(db.session.scalars(due.order_by(OutboxEmail.id).limit(1000)))
+    db.session.rollback()
+    for outbox_id in ids:
+        enqueue(outbox_id)
+    return len(ids)
+
+
+def compose(email: OutboxEmail, subscriber: Subscriber):
+    """Render the email now, so its link's lifetime starts when it is sent."""
+    context = {
+        "publication": publication.name(),
+        "reader_name": subscriber.name,
+        "unsubscribe_url": links.unsubscribe_url(subscriber),
+        "archive_url": links.external("reader.archive"),
+        "account_url": links.external("account.account"),
+        "action_url": _action_url(email, subscriber),
+    }
+    text, html = mailer.render_pair(email.kind, **context)
+    subject = SUBJECTS[email.kind].format(publication=context["publication"])
+    return mailer.build(subscriber.email, subscriber.name, subject, text, html, headers=links.list_headers(subscriber))
+
+
+def _action_url(email: OutboxEmail, subscriber: Subscriber) -> str | None:
+    next_url = (email.data or {}).get("next") or "/"
+    if email.kind == "confirm":
+        token = tokens.make("confirm", subscriber.id, subscriber.email, next_url)
+        return links.external("account.confirm", token=token)
+    if email.kind == "signin":
+        token = tokens.make("signin", subscriber.id, subscriber.email, next_url)
+        return links.external("account.signin_link", token=token)
+    return None
+
+
+def _claim(outbox_id: int) -> OutboxEmail | None:
+    """An atomic lease: of two workers given the same row, one sends; a dead worker's lease runs out."""
+    now = utcnow()
+    claimed = db.session.execute(
+        update(OutboxEmail)
+        .where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None), OutboxEmail.attempts < MAX_ATTEMPTS,
+               or_(OutboxEmail.lease_until.is_(None), OutboxEmail.lease_until < now))
+        .values(lease_until=now + LEASE, attempts=OutboxEmail.attempts + 1)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    return db.session.get(OutboxEmail, outbox_id) if claimed else None
+
+
+def _retry_later(email: OutboxEmail, problem: str) -> bool:
+    """Keep the lease as a back-off (1, 2, 4 ... minutes); flush_outbox queues it when it runs out."""
+    email.lease_until = utcnow() + timedelta(minutes=2 ** (email.attempts - 1))
+    email.error = problem[:500]
+    db.session.commit()
+    log.warning("outbox email %s not sent, will retry: %s", email.id, problem)
+    return False
+
+
+def _give_up(email: OutboxEmail, problem: str) -> bool:
+    email.attempts, email.lease_until, email.error = MAX_ATTEMPTS, None, problem[:500]
+    db.session.commit()
+    log.warning("outbox email %s given up: %s", email.id, problem)
+    return False
+
+
+def _note(outbox_id: int, problem: str) -> None:
+    db.session.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id).values(error=problem)
+                       .execution_options(synchronize_session=False))
+    db.session.commit()

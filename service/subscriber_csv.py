@@ -1,0 +1,95 @@
+"""The subscriber list as CSV (email,name,status,subscribed_at): export, and an import that keeps the valid rows."""
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from sqlalchemy import select
+
+from . import subscriptions
+from .addresses import clean_name, normalise_email
+from .errors import DomainError, ValidationError
+from .extensions import db
+from .models import Subscriber, utcnow
+
+COLUMNS = ["email", "name", "status", "subscribed_at"]
+IMPORTABLE = ("confirmed", "pending", "unsubscribed", "bounced")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass
+class ImportReport:
+    imported: int = 0
+    unchanged: int = 0
+    errors: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"imported": self.imported, "unchanged": self.unchanged, "errors": self.errors}
+
+
+def export(stream) -> int:
+    """Write every subscriber but the erased; cells that a spreadsheet would run as formulas are quoted."""
+    writer = csv.writer(stream)
+    writer.writerow(COLUMNS)
+    count = 0
+    for subscriber in db.session.scalars(select(Subscriber).order_by(Subscriber.id)):
+        subscribed_at = subscriber.consent_at or subscriber.created_at
+        writer.writerow([subscriber.email, _inert(subscriber.name), subscriber.status, subscribed_at.isoformat()])
+        count += 1
+    return count
+
+
+def export_text() -> str:
+    buffer = io.StringIO()
+    export(buffer)
+    return buffer.getvalue()
+
+
+def import_text(text: str) -> ImportReport:
+    """Import rows; a bad row is reported with its line number and skipped, the others are kept."""
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    if not reader.fieldnames or "email" not in [name.strip().lower() for name in reader.fieldnames]:
+        raise ValidationError("the CSV needs a header row with at least an 'email' column", field="file")
+    report = ImportReport()
+    for row in reader:
+        _import_row({(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k}, reader.line_num, report)
+    db.session.commit()
+    return report
+
+
+def _import_row(row: dict, line: int, report: ImportReport) -> None:
+    try:
+        email = normalise_email(row.get("email"))
+        name = clean_name(row.get("name", ""))
+        status = _status(row.get("status", ""))
+        subscribed_at = _moment(row.get("subscribed_at", ""))
+    except DomainError as error:
+        report.errors.append({"line": line, "message": error.message})
+        return
+    if subscriptions.add_imported(email, name, status, subscribed_at):
+        report.imported += 1
+    else:
+        report.unchanged += 1
+
+
+def _status(value: str) -> str:
+    status = value.lower() or "pending"  # no consent is assumed for a row that does not say
+    if status not in IMPORTABLE:
+        raise ValidationError(f"status must be one of {', '.join(IMPORTABLE)}, not {value!r}", field="status")
+    return status
+
+
+def _moment(value: str) -> datetime:
+    if not value:
+        return utcnow()
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValidationError(f"subscribed_at must be an ISO 8601 date or time, not {value!r}", field="subscribed_at") from None
+    return moment.replace(tzinfo=timezone.utc) if moment.tzinfo is None else moment
+
+
+def _inert(value: str) -> str:
+    return "'" + value if value.startswith(_FORMULA_START) else value
