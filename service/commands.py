@@ -50,7 +50,7 @@ def list_posts():
         click.echo(f"{state:<10}  {post.visibility:<11}  {post.slug}  {post.title}")
 
 
-@click.group("subscribers", help="Import and export the subscriber list as CSV.")
+@click.group("subscribers", cls=AppGroup, help="Import and export the subscriber list as CSV.")
 def subscribers_group():
     pass
 

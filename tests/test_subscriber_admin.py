@@ -1,0 +1,100 @@
+"""The publisher's subscriber list: the admin API (pages, filter, CSV) and the CLI import/export."""
+from __future__ import annotations
+
+import csv
+import io
+
+from sqlalchemy import select
+
+from service.extensions import db
+from service.models import Subscriber
+
+from .helpers import subscriber
+
+GOOD_AND_BAD = (
+    "email,name,status,subscribed_at\n"
+    "ada@example.org,Ada,confirmed,2025-01-02T03:04:05Z\n"
+    "not-an-email,Bad,confirmed,2025-01-02\n"
+    "bob@example.org,Bob,pending,\n"
+    "carl@example.org,Carl,confirmed,yesterday\n"
+    "dee@example.org,\"Dee, \"\"the\"\" reader\",unsubscribed,2024-12-31\n"
+    "eve@example.org,Eve,royalty,2025-01-01\n"
+    "Ada@Example.org,Ada again,confirmed,2025-01-02\n"
+)
+
+
+def test_import_keeps_valid_rows_and_reports_bad_ones_by_line(admin, app):
+    answer = admin.post("/subscribers/import", data=GOOD_AND_BAD, content_type="text/csv")
+    assert answer.status_code == 200
+    report = answer.get_json()
+    assert report["imported"] == 3 and report["unchanged"] == 1
+    assert [error["line"] for error in report["errors"]] == [3, 5, 7]
+    ada = subscriber(app, "ada@example.org")
+    assert ada.status == "confirmed" and ada.consent_source == "import" and ada.confirmed_at.year == 2025
+    assert ada.digest_watermark is not None
+    assert subscriber(app, "bob@example.org").status == "pending"
+    assert subscriber(app, "dee@example.org").name == 'Dee, "the" reader'
+
+
+def test_reimport_is_idempotent(admin, app):
+    admin.post("/subscribers/import", data=GOOD_AND_BAD, content_type="text/csv")
+    again = admin.post("/subscribers/import", data=GOOD_AND_BAD, content_type="text/csv").get_json()
+    assert again["imported"] == 0 and again["unchanged"] == 4
+    with app.app_context():
+        assert len(db.session.scalars(select(Subscriber)).all()) == 3
+
+
+def test_import_never_resubscribes_someone_who_left(admin, app):
+    admin.post("/subscribers/import", data="email,status\nleft@example.org,unsubscribed\n", content_type="text/csv")
+    admin.post("/subscribers/import", data="email,status\nleft@example.org,confirmed\n", content_type="text/csv")
+    assert subscriber(app, "left@example.org").status == "unsubscribed"
+
+
+def test_import_as_multipart_file_and_bad_files(admin):
+    upload = {"file": (io.BytesIO(b"email,name\nfile@example.org,File\n"), "list.csv")}
+    assert admin.post("/subscribers/import", data=upload, content_type="multipart/form-data").get_json()["imported"] == 1
+    assert admin.post("/subscribers/import", data="name\nx\n", content_type="text/csv").status_code == 422
+    assert admin.post("/subscribers/import", data=b"\xff\xfe", content_type="text/csv").status_code == 422
+
+
+def test_list_paginates_and_filters(admin, app):
+    rows = "email,status\n" + "".join(f"r{n}@example.org,{'confirmed' if n % 2 else 'pending'}\n" for n in range(25))
+    admin.post("/subscribers/import", data=rows, content_type="text/csv")
+    first = admin.get("/subscribers?per_page=10").get_json()
+    assert first["total"] == 25 and first["pages"] == 3 and len(first["subscribers"]) == 10
+    last = admin.get("/subscribers?per_page=10&page=3").get_json()
+    assert len(last["subscribers"]) == 5
+    confirmed = admin.get("/subscribers?status=confirmed&per_page=100").get_json()
+    assert confirmed["total"] == 12 and {s["status"] for s in confirmed["subscribers"]} == {"confirmed"}
+    assert admin.get("/subscribers?status=royalty").status_code == 422
+    assert admin.client.get("/api/v1/subscribers").status_code == 401
+
+
+def test_csv_export_round_trips_and_defuses_formulas(admin, app):
+    admin.post("/subscribers/import", data="email,name,status\nx@example.org,=HYPERLINK(1),confirmed\n",
+               content_type="text/csv")
+    answer = admin.get("/subscribers?format=csv")
+    assert answer.status_code == 200 and answer.mimetype == "text/csv"
+    [row] = list(csv.DictReader(io.StringIO(answer.get_data(as_text=True))))
+    assert row["email"] == "x@example.org" and row["name"] == "'=HYPERLINK(1)" and row["status"] == "confirmed"
+    again = admin.post("/subscribers/import", data=answer.get_data(), content_type="text/csv").get_json()
+    assert again == {"imported": 0, "unchanged": 1, "errors": []}
+
+
+def test_cli_import_and_export(runner, app, tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text(GOOD_AND_BAD, encoding="utf-8")
+    result = runner.invoke(args=["subscribers", "import", str(source)])
+    assert result.exit_code == 1
+    assert "imported 3, unchanged 1, invalid 3" in result.stdout
+    assert f"{source}:3:" in result.stderr and f"{source}:7:" in result.stderr
+    target = tmp_path / "out.csv"
+    result = runner.invoke(args=["subscribers", "export", str(target)])
+    assert result.exit_code == 0, result.output
+    emails = [row["email"] for row in csv.DictReader(io.StringIO(target.read_text(encoding="utf-8")))]
+    assert sorted(emails) == ["ada@example.org", "bob@example.org", "dee@example.org"]
+
+
+def test_openapi_describes_the_subscriber_routes(client):
+    paths = client.get("/api/v1/openapi.json").get_json()["paths"]
+    assert "get" in paths["/subscribers"] and "post" in paths["/subscribers/import"]
