@@ -28,7 +28,7 @@ templates = Environment(
     lstrip_blocks=True,
 )
 _inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
-_LINK = re.compile(r"https?://\S+")
+_LINK = re.compile(r"""https?://[^\s"'<>]+""")
 # Headers are folded only past RFC 5322's hard limit: a List-Unsubscribe URL must stay one plain token.
 POLICY = email.policy.default.clone(max_line_length=998)
 
