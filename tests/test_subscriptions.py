@@ -11,7 +11,7 @@ from service import create_app, publication, tasks
 from service.extensions import db
 from service.models import Event, OutboxEmail
 
-from .conftest import BASE_URL, wait_until
+from .conftest import BASE_URL
 from .helpers import Reader, csrf_token, link_to, links_in, outbox_rows, subscriber, wait_outbox_sent
 
 SUBSCRIBED = b"Check your inbox to confirm your subscription."
@@ -329,6 +329,33 @@ def test_a_claimed_outbox_email_is_sent_once(app, mailbox):
         assert outbox.send(row.id) is True
         assert outbox.send(row.id) is False
     assert len(mailbox.wait_for(1)) == 1
+
+
+def test_smtp_refusals_retry_later_or_give_up(app, mailbox):
+    from service import outbox
+
+    mailbox.faults.refuse_first_attempt.add("later@example.org")
+    mailbox.faults.by_recipient["gone@example.org"] = "550 5.1.1 no such user"
+    with time_machine.travel(datetime(2026, 3, 1, 9, 0, tzinfo=timezone.utc), tick=False) as clock:
+        later, gone = (_queued_confirm(app, email) for email in ("later@example.org", "gone@example.org"))
+        with app.app_context():
+            assert outbox.send(later) is False and outbox.send(gone) is False
+            assert outbox.flush() == 0  # the 4xx waits out its back-off; the 5xx is given up
+            clock.shift(timedelta(minutes=2, seconds=1))
+            assert outbox.flush() == 1
+            assert outbox.send(later) is True
+    assert [m.to for m in mailbox.wait_for(1)] == ["later@example.org"]
+    rows = {row.id: row for row in outbox_rows(app)}
+    assert rows[gone].sent_at is None and rows[gone].error.startswith("550")
+
+
+def _queued_confirm(app, email: str) -> int:
+    _set_status(app, email, "pending", create=True)
+    with app.app_context():
+        row = OutboxEmail(kind="confirm", subscriber_id=subscriber(app, email).id, data={})
+        db.session.add(row)
+        db.session.commit()
+        return row.id
 
 
 # --- helpers for this module: set up rows and tokens directly ---
