@@ -45,8 +45,11 @@ def dispatch(emails: list[OutboxEmail]) -> None:
 
 def enqueue(outbox_id: int) -> None:
     """Queue the send task; a broker failure is logged and noted on the row, never raised."""
+    celery = current_app.extensions["celery"]
     try:
-        current_app.extensions["celery"].send_task(SEND_TASK, args=[outbox_id], retry=False)
+        # No retries: during an outage a signup must not wait on the broker (the row is safe already).
+        with celery.connection_for_write(transport_options={"max_retries": 0}) as connection:
+            celery.send_task(SEND_TASK, args=[outbox_id], connection=connection, retry=False)
     except Exception as error:  # kombu raises many kinds of errors for an unreachable broker
         log.warning("could not queue outbox email %s (flush_outbox will): %s", outbox_id, error)
         _note(outbox_id, f"not queued: {type(error).__name__}")
