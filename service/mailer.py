@@ -5,6 +5,7 @@ import email.policy
 import logging
 import re
 import smtplib
+import socket
 import ssl
 import uuid
 from datetime import datetime, timezone
@@ -145,6 +146,9 @@ class SMTPTransport:
                 connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
                 if self.starttls:
                     connection.starttls(context=context)
+            # The final "." goes out as its own small write after the content: with Nagle on it would wait
+            # for the server's delayed ACK (~40 ms a message on Linux).
+            connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.username:
                 connection.login(self.username, self.password or "")
             self.connection = connection
