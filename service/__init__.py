@@ -20,6 +20,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         count = app.config["PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
     _init_extensions(app)
+    from . import pages
+
+    pages.init_app(app)
     _register_blueprints(app)
     from . import commands, errors, health, security
 

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from flask import Response, current_app, g, request
 
-from . import tokens
+from . import pages, tokens
 from .errors import InvalidToken, TokenExpired
 from .extensions import db
 from .models import Post, Subscriber
@@ -16,9 +16,24 @@ READING_STATUSES = ("confirmed", "bounced")
 
 def can_read(reader: Subscriber | None, post: Post) -> bool:
     """Public posts are for everyone; the rest for confirmed subscribers."""
-    if not post.is_gated:
-        return True
-    return reader is not None and reader.status in READING_STATUSES
+    return status_can_read(reader.status if reader else None, post)
+
+
+def status_can_read(status: str | None, post: Post) -> bool:
+    """The gating rule on a reader's status alone (None: nobody is signed in)."""
+    return not post.is_gated or status in READING_STATUSES
+
+
+def session_status() -> str | None:
+    """The signed-in reader's status, from a moment's memory: all the hot reading path asks."""
+    cookie = request.cookies.get(COOKIE)
+    if not cookie:
+        return None
+    return pages.remember(("reader", cookie), lambda: _status(reader_from_session(cookie)))
+
+
+def _status(reader: Subscriber | None) -> str | None:
+    return reader.status if reader else None
 
 
 def reader_from_session(cookie: str | None) -> Subscriber | None:

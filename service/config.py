@@ -66,6 +66,7 @@ def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str
         # which stays below the Redis visibility_timeout (extensions.celery_settings).
         "DIGEST_RETRY_DELAY": float(_env("DIGEST_RETRY_DELAY", "30")),
         "DIGEST_RETRY_MAX_DELAY": float(_env("DIGEST_RETRY_MAX_DELAY", "1800")),
+        "PAGE_CACHE_SECONDS": float(_env("PAGE_CACHE_SECONDS", "2")),
         "MAX_CONTENT_LENGTH": 64 * 1024,
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "WTF_CSRF_TIME_LIMIT": None,

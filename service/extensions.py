@@ -72,6 +72,13 @@ def celery_settings(config) -> dict:
         "task_default_queue": config.get("CELERY_QUEUE") or "celery",
     }
     if broker.startswith("redis"):
-        # Longer than any retry countdown, so a delayed task is never redelivered early.
-        settings["broker_transport_options"] = {"visibility_timeout": 3 * 3600}
+        # Longer than any retry countdown, so a delayed task is never redelivered early; a publisher
+        # gives up on an unreachable broker within about a second (the database keeps what matters).
+        settings["broker_transport_options"] = {
+            "visibility_timeout": 3 * 3600,
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        }
     return settings

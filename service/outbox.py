@@ -38,18 +38,22 @@ def add(kind: str, subscriber: Subscriber, **data) -> OutboxEmail:
     return email
 
 
-def dispatch(emails: list[OutboxEmail]) -> None:
-    for email in emails:
-        enqueue(email.id)
+def commit_and_dispatch(emails: list[OutboxEmail]) -> None:
+    """Commit the caller's transaction, then queue a send task for each staged email."""
+    db.session.flush()
+    ids = [email.id for email in emails]  # read before the commit expires them
+    db.session.commit()
+    for outbox_id in ids:
+        enqueue(outbox_id)
 
 
 def enqueue(outbox_id: int) -> None:
     """Queue the send task; a broker failure is logged and noted on the row, never raised."""
     celery = current_app.extensions["celery"]
     try:
-        # No retries: during an outage a signup must not wait on the broker (the row is safe already).
-        with celery.connection_for_write(transport_options={"max_retries": 0}) as connection:
-            celery.send_task(SEND_TASK, args=[outbox_id], connection=connection, retry=False)
+        # A pooled connection, no publish retries, and connection attempts bounded by the broker's
+        # transport options: during an outage a signup must not wait on the broker (the row is safe).
+        celery.send_task(SEND_TASK, args=[outbox_id], retry=False)
     except Exception as error:  # kombu raises many kinds of errors for an unreachable broker
         log.warning("could not queue outbox email %s (flush_outbox will): %s", outbox_id, error)
         _note(outbox_id, f"not queued: {type(error).__name__}")

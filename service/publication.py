@@ -6,6 +6,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from flask import current_app, g, has_request_context
 from sqlalchemy import update as sql_update
 
+from . import pages
 from .errors import ValidationError
 from .extensions import db
 from .models import PublicationSettings
@@ -43,12 +44,16 @@ def lock() -> None:
 
 
 def name() -> str:
-    return settings().name or current_app.config["PUBLICATION_NAME"]
+    return pages.remember("publication-name", lambda: settings().name or current_app.config["PUBLICATION_NAME"])
 
 
-def blocked_domains() -> set[str]:
+def blocked_domains() -> frozenset[str]:
+    return pages.remember("blocked-domains", _blocked_domains)
+
+
+def _blocked_domains() -> frozenset[str]:
     text = settings().blocked_domains or ""
-    return {part.strip().lower() for part in text.replace("\n", ",").split(",") if part.strip()}
+    return frozenset(part.strip().lower() for part in text.replace("\n", ",").split(",") if part.strip())
 
 
 def as_dict(row: PublicationSettings | None = None) -> dict:

@@ -57,8 +57,7 @@ def subscribe(signup: Signup) -> None:
         return
     subscriber = _find_or_add(email, name)
     mail = _mail_for_signup(subscriber, next_url, signup)
-    db.session.commit()
-    outbox.dispatch(mail)
+    outbox.commit_and_dispatch(mail)
 
 
 def request_signin(email: object, next_url: object = "/", honeypot: bool = False) -> None:
@@ -70,8 +69,7 @@ def request_signin(email: object, next_url: object = "/", honeypot: bool = False
         return
     subscriber = find(email)
     mail = _mail_for_signin(subscriber, next_url) if subscriber else []
-    db.session.commit()
-    outbox.dispatch(mail)
+    outbox.commit_and_dispatch(mail)
 
 
 def renew_link(purpose: str, token: str) -> None:
@@ -154,8 +152,7 @@ def confirm(token: str) -> tuple[Subscriber, str]:
     if subscriber.status != "confirmed":
         _move(subscriber, "confirmed")
         mail = [outbox.add("welcome", subscriber)]
-    db.session.commit()
-    outbox.dispatch(mail)
+    outbox.commit_and_dispatch(mail)
     return subscriber, _next_from(payload)
 
 

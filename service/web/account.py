@@ -142,7 +142,7 @@ def unsubscribe(token: str):
 
 @bp.app_context_processor
 def reader_context():
-    return {"signed_in": lambda: access.current_reader() is not None}
+    return {"signed_in": lambda: access.session_status() is not None}
 
 
 def _fields() -> dict:

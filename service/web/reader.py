@@ -1,9 +1,9 @@
 """Reader pages: the archive, articles (gated), the feed and the sitemap."""
 from __future__ import annotations
 
-from flask import Blueprint, make_response, render_template, request, url_for
+from flask import Blueprint, current_app, make_response, render_template, request, session, url_for
 
-from .. import access, content, posts, publication
+from .. import access, content, pages, posts, publication
 from ..security import private
 
 bp = Blueprint("reader", __name__)
@@ -11,29 +11,51 @@ bp = Blueprint("reader", __name__)
 
 @bp.get("/")
 def archive():
-    page = render_template("archive.html", posts=posts.published(), reader=access.current_reader())
-    return private(make_response(page))
+    signed_in = access.session_status() is not None
+    if _has_flashes():
+        return private(make_response(_archive_page(signed_in)))
+    return private(make_response(pages.remember(("archive", signed_in), lambda: _archive_page(signed_in))))
 
 
 @bp.get("/p/<slug>")
 def article(slug: str):
+    if request.args.get("t") or _has_flashes():
+        return _article_from_link(slug)
+    status = access.session_status()
+    page = pages.remember(("article", slug, status), lambda: _article_page(posts.get_published(slug), status))
+    return private(make_response(page))
+
+
+def _article_from_link(slug: str):
+    """A digest's signed link opens the article and signs the reader in: never served from memory."""
     post = posts.get_published(slug)
-    link = access.article_link(request.args.get("t"), post)  # a digest's signed link opens it and signs in
+    link = access.article_link(request.args.get("t"), post)
     reader = link.reader or access.current_reader()
-    allowed = access.can_read(reader, post)
-    page = render_template(
-        "article.html",
-        post=post,
-        reader=reader,
-        allowed=allowed,
-        link_expired=link.expired and not allowed,
-        body_html=post.body_html if allowed else post.teaser_html,
-        description=content.plain_text(post.teaser_html)[:300],
-    )
-    response = private(make_response(page))
+    response = private(make_response(_article_page(post, reader.status if reader else None, link.expired)))
     if link.reader:
         access.sign_in(response, link.reader)
     return response
+
+
+def _article_page(post, status: str | None, link_expired: bool = False) -> str:
+    """The page for a reader of this status: gating decided by the status the page is kept under."""
+    allowed = access.status_can_read(status, post)
+    return render_template(
+        "article.html",
+        post=post,
+        allowed=allowed,
+        link_expired=link_expired and not allowed,
+        body_html=post.body_html if allowed else post.teaser_html,
+        description=content.plain_text(post.teaser_html)[:300],
+    )
+
+
+def _archive_page(signed_in: bool) -> str:
+    return render_template("archive.html", posts=posts.published(), signed_in_reader=signed_in)
+
+
+def _has_flashes() -> bool:
+    return bool(request.cookies.get(current_app.config["SESSION_COOKIE_NAME"])) and "_flashes" in session
 
 
 @bp.get("/feed.xml")
