@@ -76,10 +76,10 @@ class Backend:
         db.session.commit()
 
 
-def _create_postgres_database() -> str:
+def create_postgres_database(name: str) -> str:
+    """A new, empty database (dropped first if a crashed run left it); its SQLAlchemy URL."""
     import psycopg
 
-    name = f"kr_test_{os.getpid()}"
     with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
         connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         connection.execute(f"CREATE DATABASE {name}")
@@ -87,7 +87,7 @@ def _create_postgres_database() -> str:
     return f"postgresql+psycopg://{host}/{name}"
 
 
-def _drop_postgres_database(url: str) -> None:
+def drop_postgres_database(url: str) -> None:
     import psycopg
 
     name = url.rsplit("/", 1)[1]
@@ -121,7 +121,7 @@ def backend(request, tmp_path_factory, mailbox_server):
     else:
         need_server("PostgreSQL", postgres_problem())
         need_server("Redis", redis_problem())
-        database_url = _create_postgres_database()
+        database_url = create_postgres_database(f"kr_test_{os.getpid()}")
         env["KEEPREADING_DATABASE_URL"] = database_url
         env["KEEPREADING_BROKER_URL"] = REDIS_URL
         env["KEEPREADING_REDIS_URL"] = REDIS_URL
@@ -130,7 +130,7 @@ def backend(request, tmp_path_factory, mailbox_server):
     if chosen.worker:
         chosen.worker.stop()
     if database_url:
-        _drop_postgres_database(database_url)
+        drop_postgres_database(database_url)
 
 
 @pytest.fixture

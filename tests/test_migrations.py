@@ -9,22 +9,15 @@ from sqlalchemy import create_engine, inspect
 from service import create_app
 from service.extensions import db
 
-from .conftest import POSTGRES_ADMIN_URL, SECRET_KEY, need_server, postgres_problem
+from .conftest import SECRET_KEY, create_postgres_database, drop_postgres_database, need_server, postgres_problem
 
 
 @pytest.fixture
 def empty_postgres():
     need_server("PostgreSQL", postgres_problem())
-    import psycopg
-
-    name = f"kr_migrate_{os.getpid()}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        connection.execute(f"CREATE DATABASE {name}")
-    host = POSTGRES_ADMIN_URL.split("://", 1)[1].rsplit("/", 1)[0]
-    yield f"postgresql+psycopg://{host}/{name}"
-    with psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True) as connection:
-        connection.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    url = create_postgres_database(f"kr_migrate_{os.getpid()}")
+    yield url
+    drop_postgres_database(url)
 
 
 def upgrade_and_compare(url: str, tmp_path, monkeypatch):
