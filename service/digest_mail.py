@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import secrets
 import textwrap
+import time
 from binascii import b2a_qp
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -69,6 +70,9 @@ class DigestMail:
         self.domain = self.from_address.rpartition("@")[2] or "localhost"
         self.boundary = f"==kr{nonce}=="
         self.head = self._shared_head(publication_name, config.get("UNSUBSCRIBE_MAILTO"))
+        self.unsubscribe_token, self.article_token = tokens.Minter("unsubscribe"), tokens.Minter("article")
+        self.links = [(f"link{index}", f"{self.base_url}/p/{post.slug}?t=", post.id) for index, post in enumerate(posts)]
+        self.clock = _DateHeader()
 
     def _context(self, publication_name: str, slot) -> dict:
         items = [{
@@ -111,17 +115,17 @@ class DigestMail:
 
     def message(self, delivery_id: int, reader: Reader) -> bytes:
         """The complete RFC 5322 message for one reader, CRLF line ends."""
-        unsubscribe = f"{self.base_url}/unsubscribe/{tokens.make('unsubscribe', reader.subscriber_id, reader.email)}"
+        reader_id, fingerprint = reader.subscriber_id, tokens.email_fingerprint(reader.email)
+        unsubscribe = f"{self.base_url}/unsubscribe/{self.unsubscribe_token(reader_id, fingerprint)}"
         values = {"unsubscribe": unsubscribe}
-        for index, post in enumerate(self.posts):
-            token = tokens.make("article", reader.subscriber_id, reader.email, post.id)
-            values[f"link{index}"] = f"{self.base_url}/p/{post.slug}?t={token}"
+        for name, url, post_id in self.links:
+            values[name] = url + self.article_token(reader_id, fingerprint, post_id)
         greeting = f"Hello {mailer.one_line(reader.name)}," if reader.name.strip() else "Hello,"
         text = self.text.fill({**values, "greeting": greeting})
         html = self.html.fill({**values, "greeting": escape(greeting)})
         own = "\r\n".join([
             header("To", mailbox(reader.name, reader.email)),
-            f"Date: {format_datetime(datetime.now(timezone.utc))}",
+            self.clock.header(),
             f"Message-ID: <{self.id_prefix}.{delivery_id}@{self.domain}>",
             f"List-Unsubscribe: <{unsubscribe}>{self.mailto}",
         ]).encode("ascii") + b"\r\n"
@@ -135,6 +139,19 @@ class DigestMail:
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii"),
             encoded, b"" if encoded.endswith(b"\r\n") else b"\r\n",
         ])
+
+
+class _DateHeader:
+    """`Date: ...` of now, formatted once a second."""
+
+    def __init__(self):
+        self.second, self.line = -1, ""
+
+    def header(self) -> str:
+        now = int(time.time())
+        if now != self.second:
+            self.second, self.line = now, f"Date: {format_datetime(datetime.fromtimestamp(now, timezone.utc))}"
+        return self.line
 
 
 def header(name: str, value: str, encode: bool = False) -> str:

@@ -29,6 +29,8 @@ templates = Environment(
     lstrip_blocks=True,
 )
 _inliner = css_inline.CSSInliner(keep_style_tags=False, load_remote_stylesheets=False)
+_UNSAFE_IN_PATH = re.compile(r"[<>\s]")
+ENVELOPE_ACCEPTS = ((250,), (250, 251), (354,))  # MAIL, RCPT, DATA
 _LINK = re.compile(r"""https?://[^\s"'<>]+""")
 # Headers are folded only past RFC 5322's hard limit: a List-Unsubscribe URL must stay one plain token.
 POLICY = email.policy.default.clone(max_line_length=998)
@@ -139,13 +141,13 @@ class SMTPTransport:
 
     def connect(self) -> smtplib.SMTP:
         if self.connection is None:
-            context = ssl.create_default_context()
             if self.ssl:
-                connection = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout, context=context)
+                connection = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
+                                              context=ssl.create_default_context())
             else:
                 connection = smtplib.SMTP(self.host, self.port, timeout=self.timeout)
                 if self.starttls:
-                    connection.starttls(context=context)
+                    connection.starttls(context=ssl.create_default_context())
             # The final "." goes out as its own small write after the content: with Nagle on it would wait
             # for the server's delayed ACK (~40 ms a message on Linux).
             connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -206,17 +208,26 @@ class SMTPTransport:
         raise AssertionError("unreachable")
 
     def _envelope(self, connection: smtplib.SMTP, from_addr: str, to_addr: str) -> None:
+        """MAIL, RCPT, DATA: in one write when the server offers PIPELINING (RFC 2920), else one by one."""
         connection.ehlo_or_helo_if_needed()
-        for command, accepted in ((lambda: connection.mail(from_addr), (250,)),
-                                  (lambda: connection.rcpt(to_addr), (250, 251)),
-                                  (lambda: connection.docmd("DATA"), (354,))):
-            code, reply = command()
-            if code not in accepted:
-                if code == 421:  # the server is closing the channel
-                    self._drop()
-                else:
-                    self._reset()
-                raise DeliveryError(code, _text(reply))
+        commands = [f"MAIL FROM:{_path(from_addr)}", f"RCPT TO:{_path(to_addr)}", "DATA"]
+        if connection.has_extn("pipelining"):
+            connection.send("".join(f"{command}\r\n" for command in commands))
+            replies = [connection.getreply() for _ in commands]
+        else:
+            replies = []
+            for command, accepted in zip(commands, ENVELOPE_ACCEPTS):
+                replies.append(connection.docmd(command))
+                if replies[-1][0] not in accepted:
+                    break
+        refusal = next(((code, reply) for (code, reply), accepted in zip(replies, ENVELOPE_ACCEPTS)
+                        if code not in accepted), None)
+        if refusal is not None:
+            if refusal[0] == 421 or replies[-1][0] == 354:  # the server is closing, or waits for content
+                self._drop()
+            else:
+                self._reset()
+            raise DeliveryError(refusal[0], _text(refusal[1]))
 
     def _drop(self) -> None:
         """Close without QUIT: an unfinished DATA is discarded by the server."""
@@ -242,9 +253,20 @@ class SMTPTransport:
 
 def _dot_stuffed(message: bytes) -> bytes:
     """DATA content as RFC 5321 wants it: CRLF line ends, leading dots doubled, ending in CRLF."""
-    data = re.sub(rb"(?:\r\n|\n|\r(?!\n))", b"\r\n", message)
-    data = re.sub(rb"(?m)^\.", b"..", data)
+    line_ends = message.count(b"\r\n")
+    if message.count(b"\n") != line_ends or message.count(b"\r") != line_ends:  # a bare CR or LF somewhere
+        message = re.sub(rb"(?:\r\n|\n|\r(?!\n))", b"\r\n", message)
+    data = message.replace(b"\r\n.", b"\r\n..")
+    if data.startswith(b"."):
+        data = b"." + data
     return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+def _path(address: str) -> str:
+    """`<address>` for MAIL and RCPT; anything unusual goes through smtplib's own quoting."""
+    if address.isascii() and not _UNSAFE_IN_PATH.search(address):
+        return f"<{address}>"
+    return smtplib.quoteaddr(address)
 
 
 def _text(value) -> str:

@@ -36,12 +36,24 @@ class RedisJournal:
         self.client = _clients[url]
         self.key = key
         self.fresh = True
+        self.connection = None  # held for the batch: a record is one round trip, no pool or retry layers
 
     def record(self, delivery_id: int) -> None:
-        self.client.sadd(self.key, delivery_id)
+        self._command("SADD", self.key, delivery_id)
         if self.fresh:
-            self.client.expire(self.key, TTL)
+            self._command("EXPIRE", self.key, TTL)
             self.fresh = False
+
+    def _command(self, *args):
+        if self.connection is None:
+            self.connection = self.client.connection_pool.get_connection()
+        try:
+            self.connection.send_command(*args)
+            return self.connection.read_response()
+        except BaseException:
+            self.connection.disconnect()  # a reply may be left unread: never hand it back as it is
+            self.close()
+            raise
 
     def retract(self, delivery_id: int) -> None:
         self.client.srem(self.key, delivery_id)
@@ -56,7 +68,9 @@ class RedisJournal:
         self.client.delete(self.key)
 
     def close(self) -> None:
-        pass
+        if self.connection is not None:
+            self.client.connection_pool.release(self.connection)
+            self.connection = None
 
 
 class FileJournal:

@@ -61,6 +61,12 @@ class _Handler:
     def __init__(self, box: "Mailbox"):
         self.box = box
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.box.pipelining:  # aiosmtpd reads pipelined commands in order but does not say so itself
+            responses.insert(1, "250-PIPELINING")
+        return responses
+
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         refusal = self.box.faults.answer(address)
         if refusal:
@@ -82,6 +88,7 @@ class Mailbox:
     def __init__(self):
         self.messages: list[Received] = []
         self.faults = Faults()
+        self.pipelining = True  # advertised in EHLO; tests of lock-step SMTP turn it off
         self.lock = threading.Lock()
         self.arrived = threading.Condition(self.lock)
         self.port = _free_port()
@@ -105,6 +112,7 @@ class Mailbox:
         with self.lock:
             self.messages.clear()
             self.faults = Faults()
+            self.pipelining = True
 
     def wait_for(self, count: int, timeout: float = 30) -> list[Received]:
         deadline = time.monotonic() + timeout

@@ -14,7 +14,7 @@ import pytest
 import time_machine
 from sqlalchemy import insert, select, update
 
-from service import digests, posts, publication, sending, tasks, tokens
+from service import digests, mailer, posts, publication, sending, tasks, tokens
 from service.extensions import db
 from service.models import Delivery, Digest, Subscriber, utcnow
 
@@ -273,6 +273,32 @@ def test_headers_and_parts_as_received(app, mailbox, client):
         assert tokens.verify("unsubscribe", unsubscribe.rsplit("/", 1)[1])[0] == reader_id
     page = client.get(f"/p/{links[0][0]}?t={links[0][1]}")
     assert b"The rest, for subscribers." in page.data
+
+
+@pytest.mark.parametrize("pipelining", [True, False], ids=["pipelined", "lock-step"])
+def test_refusals_in_the_envelope_pipelined_or_not(app, mailbox, pipelining):
+    """MAIL/RCPT/DATA in one write when the server offers PIPELINING, one by one otherwise: either way a
+    5xx fails its delivery, a 4xx leaves it for a retry, and the connection goes on for the others."""
+    mailbox.pipelining = pipelining
+    mailbox.faults.by_recipient["reader1@example.com"] = "550 5.1.1 no such user"
+    mailbox.faults.refuse_first_attempt.add("reader3@example.com")
+    with app.app_context():
+        seed(6)
+        posts.create("Envelope", "Words.", "subscribers", True)
+        digest = digests.create_run("manual:envelope", None, utcnow())
+        (first, last), = digests.id_ranges(Delivery.digest_id == digest.id)
+        assert sending.send_batch(digest.id, first, last) is not None  # a retry is due for reader3
+        statuses = dict(db.session.execute(select(Subscriber.email, Delivery.status)
+                                           .join_from(Delivery, Subscriber)).all())
+    assert statuses.pop("reader1@example.com") == "failed" and statuses.pop("reader3@example.com") == "pending"
+    assert set(statuses.values()) == {"sent"}
+    assert sorted(per_recipient(mailbox)) == sorted(statuses)
+
+
+def test_dot_stuffing_and_line_ends():
+    assert mailer._dot_stuffed(b".a\nb\r\n.c\rd") == b"..a\r\nb\r\n..c\r\nd\r\n"
+    assert mailer._dot_stuffed(b"a\r\n.\r\n..b\r\n") == b"a\r\n..\r\n...b\r\n"
+    assert mailer._dot_stuffed(b"plain") == b"plain\r\n"
 
 
 def _spam_score(raw: bytes) -> float:

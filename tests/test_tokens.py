@@ -141,3 +141,11 @@ def test_a_token_for_an_erased_subscriber_is_invalid(client, app, ada):
         db.session.delete(db.session.get(Subscriber, ada))
         db.session.commit()
     assert client.get(f"/signin/{token}").status_code == 400
+
+
+def test_a_minter_signs_what_make_signs(app):
+    """The digest's fast path (key derived once, timestamp once a second) gives tokens `verify` takes."""
+    with app.app_context(), time_machine.travel(START, tick=False):
+        minted = tokens.Minter("article")(7, tokens.email_fingerprint("ada@example.org"), 3)
+        assert minted == tokens.make("article", 7, "ada@example.org", 3)
+        assert tokens.verify("article", minted) == [7, tokens.email_fingerprint("ada@example.org"), 3]
