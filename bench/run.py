@@ -26,10 +26,11 @@ TOOLS = CACHE / "root"
 VENV_BIN = Path(sys.executable).parent
 PG_ADMIN = os.environ.get("KEEPREADING_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS = os.environ.get("KEEPREADING_BENCH_REDIS_URL", "redis://127.0.0.1:6379/3")
-DATABASE = "kr_bench"
+DATABASE = os.environ.get("KEEPREADING_BENCH_DATABASE", "kr_bench")
 SECRET = "bench-secret-key-not-for-production"
 ADMIN_TOKEN = "bench-admin-token"
 rows: list[tuple[str, str, str]] = []
+PROFILE = False
 
 
 def say(message: str) -> None:
@@ -221,16 +222,49 @@ def digest_run(subscribers: int, smtp_port: int) -> dict:
         time.sleep(2)  # let the pool finish importing before the clock starts
         redis_memory = RedisMemory()
         redis_memory.start()
-        started = time.perf_counter()
-        output = keepreading("digest", "send", "--wait", env=env, capture=True)
-        elapsed = time.perf_counter() - started
+        with profiler(worker.pid, f"digests-{subscribers}"):
+            started = time.perf_counter()
+            output, queued = timed_send(env)
+            elapsed = time.perf_counter() - started
         growth = redis_memory.stop()
         pool = children(worker.pid)
         peaks = [peak_rss_kib(pid) / 1024 for pid in pool]
     log.close()
     counts = {key: int(value) for key, value in re.findall(r"(sent|failed|skipped)\D+(\d+)", output)}
+    say(f"{subscribers:,} subscribers: run created and queued after {queued - started:.2f} s, "
+        f"settled after {elapsed:.2f} s")
     return {"elapsed": elapsed, "sent": counts.get("sent", 0), "failed": counts.get("failed", 0),
             "rate": counts.get("sent", 0) / elapsed, "peaks": peaks, "redis_mb": growth, "output": output.strip()}
+
+
+def timed_send(env: dict) -> tuple[str, float]:
+    """`digest send --wait`'s output, and when it said the run was queued (the fan-out's end)."""
+    child = subprocess.Popen([str(VENV_BIN / "keepreading"), "digest", "send", "--wait"], env=env, cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    first = child.stdout.readline()
+    queued = time.perf_counter()
+    rest = child.stdout.read()
+    if child.wait() != 0:
+        raise subprocess.CalledProcessError(child.returncode, child.args, first + rest)
+    return first + rest, queued
+
+
+@contextmanager
+def profiler(pid: int, name: str):
+    """With --profile: py-spy samples the worker and its pool processes into bench/.cache/<name>.txt."""
+    if not PROFILE:
+        yield
+        return
+    spy = shutil.which("py-spy", path=str(VENV_BIN)) or "py-spy"
+    output = CACHE / f"profile-{name}.txt"
+    command = [spy, "record", "--pid", str(pid), "--subprocesses", "--format", "raw", "--rate", "250",
+               "--output", str(output)]
+    with process(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as spy_process:
+        time.sleep(1)
+        yield
+        os.killpg(spy_process.pid, signal.SIGINT)
+        spy_process.wait(timeout=60)
+    say(f"profile written to {output} (collapsed stacks: flamegraph.pl, speedscope)")
 
 
 def wrk(url: str, seconds: int, *extra: str) -> dict:
@@ -335,7 +369,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="10,000 subscribers, short web runs")
     parser.add_argument("--only", choices=["digests", "web"], help="run one half")
+    parser.add_argument("--profile", action="store_true",
+                        help="sample the Celery worker with py-spy during each digest run (pip install py-spy)")
     options = parser.parse_args()
+    global PROFILE
+    PROFILE = options.profile
     fetch_tools()
     say(f"{os.cpu_count()} cores; PostgreSQL {PG_ADMIN}, Redis {REDIS}")
     reset_database()
