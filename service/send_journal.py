@@ -3,8 +3,10 @@
 A batch marks its deliveries sent in bulk, so a worker killed mid-batch leaves claims whose fate the
 database cannot tell. Each message is recorded here (one cheap write, no SQL) right before the final
 "." that makes the server take it, so the dispatcher resolves such claims: recorded means handed over
-(sent), not recorded means the server never took it (send again). Redis when REDIS_URL is set (shared
-by workers on many machines); otherwise a file in the instance folder (the single-machine default).
+(sent), not recorded means the server never took it (send again). Once a batch has written its
+outcomes to the database it forgets their entries, so the journal holds only hand-overs in flight.
+Redis when REDIS_URL is set (shared by workers on many machines); otherwise a file in the instance
+folder (the single-machine default).
 """
 from __future__ import annotations
 
@@ -58,6 +60,11 @@ class RedisJournal:
     def retract(self, delivery_id: int) -> None:
         self.client.srem(self.key, delivery_id)
 
+    def forget(self, delivery_ids: list[int]) -> None:
+        """Entries the database now holds as sent: dropped, so the set holds only hand-overs in flight."""
+        for start in range(0, len(delivery_ids), 1000):
+            self.client.srem(self.key, *delivery_ids[start:start + 1000])
+
     def recorded(self, delivery_ids: list[int]) -> set[int]:
         if not delivery_ids:
             return set()
@@ -91,6 +98,9 @@ class FileJournal:
 
     def retract(self, delivery_id: int) -> None:
         self._write(f"-{delivery_id}\n")
+
+    def forget(self, delivery_ids: list[int]) -> None:
+        """A file on disk costs no memory: its lines go with the run (drop)."""
 
     def recorded(self, delivery_ids: list[int]) -> set[int]:
         if not self.path.exists():

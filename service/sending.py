@@ -62,6 +62,7 @@ def send_batch(digest_id: int, first_id: int, last_id: int, attempt: int = 0) ->
     outcomes = _send(digest, claimed, deadline)
     delay = backoff(attempt) if outcomes.refused or outcomes.unsent else None
     record(outcomes, delay)
+    send_journal.for_run(digest).forget(outcomes.sent)
     return delay
 
 

@@ -14,7 +14,7 @@ import pytest
 import time_machine
 from sqlalchemy import insert, select, update
 
-from service import digests, mailer, posts, publication, sending, tasks, tokens
+from service import digests, mailer, posts, publication, send_journal, sending, tasks, tokens
 from service.extensions import db
 from service.models import Delivery, Digest, Subscriber, utcnow
 
@@ -204,6 +204,21 @@ def test_a_task_executed_twice_sends_nothing_twice(app, mailbox):
         assert set(db.session.scalars(select(Delivery.attempts))) == {1}
     counts = per_recipient(mailbox)
     assert len(counts) == 20 and set(counts.values()) == {1}
+
+
+def test_the_redis_journal_keeps_only_hand_overs_in_flight(app, mailbox):
+    """Once a batch has written its outcomes, its journal entries go: Redis does not grow with the list."""
+    if not app.config["REDIS_URL"]:
+        pytest.skip("the file journal (no Redis) is dropped with its run, not entry by entry")
+    with app.app_context():
+        seed(30)
+        posts.create("Journal", "Words.", "subscribers", True)
+        digest = digests.create_run("manual:journal", None, utcnow())
+        (first, last), = digests.id_ranges(Delivery.digest_id == digest.id)
+        journal = send_journal.for_run(digest)
+        assert sending.send_batch(digest.id, first, last) is None
+        assert journal.client.scard(journal.key) == 0
+        assert digests.settle(digest.id)["counts"]["sent"] == 30
 
 
 def test_unsubscribe_between_dispatch_and_send_gets_no_mail(app, worker, mailbox):
