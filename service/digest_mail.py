@@ -1,8 +1,9 @@
 """The digest email: rendered once per run and post set, then personalised per reader by substitution.
 
 Templates are rendered with unique slot markers where per-reader text goes (greeting, signed links);
-the rendered text and CSS-inlined HTML are split at those markers once. Each reader's message is then
-a join of the pieces with their values, quoted-printable encoded, under headers built as bytes.
+the rendered text and CSS-inlined HTML are split at those markers and quoted-printable encoded once,
+but for the few lines that hold a marker. Each reader's message is then a join of the encoded parts
+and of those lines filled and encoded, under headers built as bytes.
 """
 from __future__ import annotations
 
@@ -43,15 +44,41 @@ class Reader:
 
 
 class Body:
-    """A rendered body cut at its slots: literal pieces at even indexes, slot names at odd ones."""
+    """A rendered body, quoted-printable encoded once: only the lines that hold a slot are encoded per
+    reader. b2a_qp works line by line, so runs of lines encoded apart join to the body encoded whole."""
 
     def __init__(self, rendered: str, slot: re.Pattern):
-        self.pieces = slot.split(rendered.replace("\r\n", "\n").replace("\r", "\n"))
+        lines = rendered.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+        lines = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+        self.parts: list[bytes | list[str]] = []  # encoded runs of plain lines; a slotted line's pieces
+        plain: list[str] = []
+        for line in lines:
+            pieces = slot.split(line)  # literal pieces at even indexes, slot names at odd ones
+            if len(pieces) == 1:
+                plain.append(line)
+                continue
+            if plain:
+                self.parts.append(quoted_printable("".join(plain)))
+                plain = []
+            self.parts.append(pieces)
+        if plain:
+            self.parts.append(quoted_printable("".join(plain)))
 
-    def fill(self, values: dict[str, str]) -> str:
-        pieces = list(self.pieces)
-        pieces[1::2] = [values[name] for name in pieces[1::2]]
-        return "".join(pieces)
+    def encoded(self, values: dict[str, str]) -> bytes:
+        """The body with these slot values, quoted-printable, CRLF line ends."""
+        out = []
+        for part in self.parts:
+            if isinstance(part, bytes):
+                out.append(part)
+            else:
+                pieces = list(part)
+                pieces[1::2] = [values[name] for name in pieces[1::2]]
+                out.append(quoted_printable("".join(pieces)))
+        return b"".join(out)
+
+
+def quoted_printable(text: str) -> bytes:
+    return b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
 
 
 class DigestMail:
@@ -63,7 +90,7 @@ class DigestMail:
         self.base_url = config["BASE_URL"]
         self.id_prefix = f"kr.{digest_id}.{run_stamp}"
         nonce = secrets.token_hex(5)
-        slot = re.compile(f"kr{nonce}([a-z0-9]+)kr")
+        slot = re.compile(f"kr{nonce}([a-z0-9]+?)kr")  # lazy: two slots may touch
         text, html = mailer.render_pair("digest", **self._context(publication_name, lambda name: f"kr{nonce}{name}kr"))
         self.text, self.html = Body(text, slot), Body(html, slot)
         self.from_name, self.from_address = mailer.sender()
@@ -121,8 +148,8 @@ class DigestMail:
         for name, url, post_id in self.links:
             values[name] = url + self.article_token(reader_id, fingerprint, post_id)
         greeting = f"Hello {mailer.one_line(reader.name)}," if reader.name.strip() else "Hello,"
-        text = self.text.fill({**values, "greeting": greeting})
-        html = self.html.fill({**values, "greeting": escape(greeting)})
+        text = self.text.encoded({**values, "greeting": greeting})
+        html = self.html.encoded({**values, "greeting": escape(greeting)})
         own = "\r\n".join([
             header("To", mailbox(reader.name, reader.email)),
             self.clock.header(),
@@ -132,8 +159,7 @@ class DigestMail:
         return b"".join([own, self.head, b"\r\n", self._part("plain", text), self._part("html", html),
                          f"--{self.boundary}--\r\n".encode("ascii")])
 
-    def _part(self, subtype: str, body: str) -> bytes:
-        encoded = b2a_qp(body.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
+    def _part(self, subtype: str, encoded: bytes) -> bytes:
         return b"".join([
             f"--{self.boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
             "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii"),

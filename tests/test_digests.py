@@ -12,9 +12,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import insert, select, update
 
 from service import digests, mailer, posts, publication, send_journal, sending, tasks, tokens
+from service.digest_mail import Body, quoted_printable
 from service.extensions import db
 from service.models import Delivery, Digest, Subscriber, utcnow
 
@@ -308,6 +311,20 @@ def test_refusals_in_the_envelope_pipelined_or_not(app, mailbox, pipelining):
     assert statuses.pop("reader1@example.com") == "failed" and statuses.pop("reader3@example.com") == "pending"
     assert set(statuses.values()) == {"sent"}
     assert sorted(per_recipient(mailbox)) == sorted(statuses)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.text(alphabet=" .=\t\r\naé€x-" , max_size=120), st.sampled_from(["link0", "greeting"])),
+                max_size=12),
+       st.text(alphabet=" .=\taé€x", max_size=90))
+def test_a_body_encoded_line_by_line_is_the_body_encoded_whole(chunks, value):
+    """Digest bodies are quoted-printable encoded once, but for their slotted lines: the same bytes as
+    encoding each reader's whole body, whatever the lines, dots, spaces, '=' and non-ASCII."""
+    slot = re.compile("kr0([a-z0-9]+?)kr")
+    rendered = "".join(f"kr0{chunk}kr" if chunk in ("link0", "greeting") else chunk for chunk in chunks)
+    values = {"link0": value, "greeting": value[::-1]}
+    whole = slot.sub(lambda match: values[match.group(1)], rendered.replace("\r\n", "\n").replace("\r", "\n"))
+    assert Body(rendered, slot).encoded(values) == quoted_printable(whole)
 
 
 def test_dot_stuffing_and_line_ends():
