@@ -43,6 +43,9 @@ def _init_extensions(app: Flask) -> None:
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", False)
     limiter._key_prefix = None  # the limiter is module-global: each app (a test's, say) brings its own prefix
     limiter.init_app(app)
+    # Limits live only on the views that need them (signup, sign-in), whose decorators check them;
+    # with no default, application or blueprint limits the per-request middleware check is pure cost.
+    app.before_request_funcs[None].remove(limiter._check_request_limit)
     csrf.init_app(app)
     celery_init_app(app)
     from . import tasks  # noqa: F401  (registers the tasks on the Celery app)

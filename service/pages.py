@@ -6,10 +6,10 @@ subscriber's status) forgets them all at once, and other processes catch up when
 from __future__ import annotations
 
 import threading
+import time
 from itertools import chain
 from typing import Callable, Hashable, TypeVar
 
-from cachetools import TTLCache
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
@@ -21,25 +21,41 @@ _MISSING = object()
 
 
 class Memory:
-    def __init__(self, seconds: float, size: int = 4096):
-        self.cache: TTLCache | None = TTLCache(size, seconds) if seconds > 0 else None
+    """Values kept `seconds`. When one expires, a single caller rebuilds it while the others keep
+    serving the previous value, so a busy page is never rendered by every thread at once."""
+
+    def __init__(self, seconds: float, size: int = 4096, clock: Callable[[], float] = time.monotonic):
+        self.seconds, self.size, self.clock = seconds, size, clock
+        self.entries: dict[Hashable, tuple[object, float]] = {}  # key -> (value, fresh until)
+        self.rebuilding: set[Hashable] = set()
+        self.generation = 0  # moves on every forget_all: a value built before it is not kept
         self.lock = threading.Lock()
 
     def remember(self, key: Hashable, build: Callable[[], T]) -> T:
-        if self.cache is None:
+        if self.seconds <= 0:
             return build()
         with self.lock:
-            value = self.cache.get(key, _MISSING)
-        if value is _MISSING:
+            entry = self.entries.get(key)
+            if entry is not None and (entry[1] > self.clock() or key in self.rebuilding):
+                return entry[0]
+            self.rebuilding.add(key)
+            generation = self.generation
+        try:
             value = build()
+        finally:
             with self.lock:
-                self.cache[key] = value
+                self.rebuilding.discard(key)
+        with self.lock:
+            if generation == self.generation:
+                if len(self.entries) >= self.size:
+                    self.entries.clear()
+                self.entries[key] = (value, self.clock() + self.seconds)
         return value
 
     def forget_all(self) -> None:
-        if self.cache is not None:
-            with self.lock:
-                self.cache.clear()
+        with self.lock:
+            self.entries.clear()
+            self.generation += 1
 
 
 def init_app(app: Flask) -> None:

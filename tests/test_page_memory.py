@@ -4,6 +4,7 @@ import pytest
 from sqlalchemy import event
 
 from service import tokens
+from service.pages import Memory
 from service.access import COOKIE
 from service.extensions import db
 from service.models import Subscriber, utcnow
@@ -99,8 +100,50 @@ def test_edits_and_unpublishing_show_at_once(app, client, admin, post):
 
 
 def test_memory_can_be_switched_off(app, client, post):
-    app.extensions["page_memory"].cache = None
+    app.extensions["page_memory"].seconds = 0
     client.get(post)
     with Statements(app) as views:
         client.get(post)
     assert views.count >= 1
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_an_expired_value_is_rebuilt_by_one_caller_while_others_keep_the_old_one():
+    clock = Clock()
+    memory = Memory(2, clock=clock)
+    assert memory.remember("page", lambda: "v1") == "v1"
+    clock.now = 3  # expired
+    seen_during_rebuild = []
+
+    def rebuild():
+        seen_during_rebuild.append(memory.remember("page", lambda: "built twice"))
+        return "v2"
+
+    assert memory.remember("page", rebuild) == "v2"
+    assert seen_during_rebuild == ["v1"]
+    assert memory.remember("page", lambda: "not called") == "v2"
+
+
+def test_a_value_built_across_a_forget_is_not_kept():
+    memory = Memory(2, clock=Clock())
+
+    def build_while_someone_writes():
+        memory.forget_all()
+        return "built from the old rows"
+
+    assert memory.remember("page", build_while_someone_writes) == "built from the old rows"
+    assert memory.remember("page", lambda: "fresh") == "fresh"
+
+
+def test_size_is_bounded():
+    memory = Memory(60, size=3, clock=Clock())
+    for n in range(10):
+        memory.remember(n, lambda n=n: n)
+    assert len(memory.entries) <= 3
