@@ -14,13 +14,8 @@ COOKIE = "kr_reader"
 READING_STATUSES = ("confirmed", "bounced")
 
 
-def can_read(reader: Subscriber | None, post: Post) -> bool:
-    """Public posts are for everyone; the rest for confirmed subscribers."""
-    return status_can_read(reader.status if reader else None, post)
-
-
-def status_can_read(status: str | None, post: Post) -> bool:
-    """The gating rule on a reader's status alone (None: nobody is signed in)."""
+def can_read(status: str | None, post: Post) -> bool:
+    """Public posts are for everyone; the rest for confirmed subscribers (status None: nobody signed in)."""
     return not post.is_gated or status in READING_STATUSES
 
 
@@ -29,10 +24,10 @@ def session_status() -> str | None:
     cookie = request.cookies.get(COOKIE)
     if not cookie:
         return None
-    return pages.remember(("reader", cookie), lambda: _status(reader_from_session(cookie)))
+    return pages.remember(("reader", cookie), lambda: status_of(reader_from_session(cookie)))
 
 
-def _status(reader: Subscriber | None) -> str | None:
+def status_of(reader: Subscriber | None) -> str | None:
     return reader.status if reader else None
 
 

@@ -264,11 +264,3 @@ def recent(limit: int = 50) -> list[dict]:
     runs = db.session.scalars(select(Digest).order_by(Digest.id.desc()).limit(limit)).all()
     tallies = counts([digest.id for digest in runs])
     return [summary(digest, tallies[digest.id]) for digest in runs]
-
-
-def posts_for(since: datetime | None, cutoff: datetime) -> list[Post]:
-    """The posts of one delivery: published in (since, cutoff], newest first."""
-    query = select(Post).where(Post.published.is_(True), Post.published_at <= cutoff)
-    if since is not None:
-        query = query.where(Post.published_at > since)
-    return list(db.session.scalars(query.order_by(Post.published_at.desc(), Post.id.desc())))

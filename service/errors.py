@@ -59,13 +59,6 @@ class TokenExpired(InvalidToken):
         self.payload = payload
 
 
-class RateLimited(DomainError):
-    """Too many requests; try again later."""
-
-    status = 429
-    code = "rate_limited"
-
-
 def wants_json() -> bool:
     if request.path.startswith("/api/"):
         return True

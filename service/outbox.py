@@ -27,6 +27,7 @@ SUBJECTS = {
     "signin": "Your sign-in link for {publication}",
     "welcome": "Welcome to {publication}",
 }
+ACTION_ENDPOINTS = {"confirm": "account.confirm", "signin": "account.signin_link"}
 
 
 def add(kind: str, subscriber: Subscriber, **data) -> OutboxEmail:
@@ -111,14 +112,12 @@ def compose(email: OutboxEmail, subscriber: Subscriber):
 
 
 def _action_url(email: OutboxEmail, subscriber: Subscriber) -> str | None:
+    """The confirm or sign-in link (a token of the email's own kind); the welcome email has none."""
+    endpoint = ACTION_ENDPOINTS.get(email.kind)
+    if endpoint is None:
+        return None
     next_url = (email.data or {}).get("next") or "/"
-    if email.kind == "confirm":
-        token = tokens.make("confirm", subscriber.id, subscriber.email, next_url)
-        return links.external("account.confirm", token=token)
-    if email.kind == "signin":
-        token = tokens.make("signin", subscriber.id, subscriber.email, next_url)
-        return links.external("account.signin_link", token=token)
-    return None
+    return links.external(endpoint, token=tokens.make(email.kind, subscriber.id, subscriber.email, next_url))
 
 
 def _claim(outbox_id: int) -> OutboxEmail | None:

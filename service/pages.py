@@ -17,7 +17,6 @@ from sqlalchemy.orm import Session
 from .models import Post, PublicationSettings, Subscriber
 
 T = TypeVar("T")
-_MISSING = object()
 
 
 class Memory:

@@ -8,7 +8,6 @@ import threading
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 from email.utils import parseaddr, parsedate_to_datetime
-from zoneinfo import ZoneInfo
 
 import pytest
 import time_machine
@@ -19,9 +18,9 @@ from sqlalchemy import insert, select, update
 from service import digests, mailer, posts, publication, send_journal, sending, tasks, tokens
 from service.digest_mail import Body, quoted_printable
 from service.extensions import db
-from service.models import Delivery, Digest, Subscriber, utcnow
+from service.models import Delivery, Digest, Post, Subscriber, utcnow
 
-from .conftest import BASE_URL, REQUIRE_SERVERS, need_server, wait_until
+from .conftest import BASE_URL, need_server, wait_until
 
 UTC = timezone.utc
 
@@ -58,7 +57,15 @@ def delivered(digest_id: int) -> dict[str, list[str]]:
     digest = db.session.get(Digest, digest_id)
     rows = db.session.execute(select(Subscriber.email, Delivery.since).join_from(Delivery, Subscriber)
                               .where(Delivery.digest_id == digest_id))
-    return {email: [post.title for post in digests.posts_for(since, digest.cutoff)] for email, since in rows}
+    return {email: [post.title for post in posts_in(since, digest.cutoff)] for email, since in rows}
+
+
+def posts_in(since, cutoff) -> list[Post]:
+    """The rule, stated on its own: a delivery carries the posts published in (since, cutoff], newest first."""
+    query = select(Post).where(Post.published.is_(True), Post.published_at <= cutoff)
+    if since is not None:
+        query = query.where(Post.published_at > since)
+    return list(db.session.scalars(query.order_by(Post.published_at.desc(), Post.id.desc())))
 
 
 def wait_settled(digest_id: int, timeout: float = 60) -> dict:

@@ -12,17 +12,15 @@ bp = Blueprint("reader", __name__)
 @bp.get("/")
 def archive():
     signed_in = access.session_status() is not None
-    if _has_flashes():
-        return private(make_response(_archive_page(signed_in)))
-    return private(make_response(pages.remember(("archive", signed_in), lambda: _archive_page(signed_in))))
+    return private(make_response(_kept(("archive", signed_in), lambda: _archive_page(signed_in))))
 
 
 @bp.get("/p/<slug>")
 def article(slug: str):
-    if request.args.get("t") or _has_flashes():
+    if request.args.get("t"):
         return _article_from_link(slug)
     status = access.session_status()
-    page = pages.remember(("article", slug, status), lambda: _article_page(posts.get_published(slug), status))
+    page = _kept(("article", slug, status), lambda: _article_page(posts.get_published(slug), status))
     return private(make_response(page))
 
 
@@ -31,7 +29,7 @@ def _article_from_link(slug: str):
     post = posts.get_published(slug)
     link = access.article_link(request.args.get("t"), post)
     reader = link.reader or access.current_reader()
-    response = private(make_response(_article_page(post, reader.status if reader else None, link.expired)))
+    response = private(make_response(_article_page(post, access.status_of(reader), link.expired)))
     if link.reader:
         access.sign_in(response, link.reader)
     return response
@@ -39,7 +37,7 @@ def _article_from_link(slug: str):
 
 def _article_page(post, status: str | None, link_expired: bool = False) -> str:
     """The page for a reader of this status: gating decided by the status the page is kept under."""
-    allowed = access.status_can_read(status, post)
+    allowed = access.can_read(status, post)
     return render_template(
         "article.html",
         post=post,
@@ -54,8 +52,10 @@ def _archive_page(signed_in: bool) -> str:
     return render_template("archive.html", posts=posts.published(), signed_in_reader=signed_in)
 
 
-def _has_flashes() -> bool:
-    return bool(request.cookies.get(current_app.config["SESSION_COOKIE_NAME"])) and "_flashes" in session
+def _kept(key, build) -> str:
+    """A rendered page from memory, unless this request carries a flash message meant for it alone."""
+    has_flashes = bool(request.cookies.get(current_app.config["SESSION_COOKIE_NAME"])) and "_flashes" in session
+    return build() if has_flashes else pages.remember(key, build)
 
 
 @bp.get("/feed.xml")
