@@ -20,15 +20,16 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         count = app.config["PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
     _init_extensions(app)
-    from . import pages
+    from .publishing import memory
 
-    pages.init_app(app)
+    memory.init_app(app)
     _register_blueprints(app)
-    from . import commands, errors, health, security
+    from . import commands, errors
+    from .web import headers, metrics
 
     errors.register(app)
-    security.register(app)
-    health.register_metrics(app)
+    headers.register(app)
+    metrics.register(app)
     commands.register(app)
     return app
 
@@ -52,8 +53,8 @@ def _init_extensions(app: Flask) -> None:
 
 
 def _register_blueprints(app: Flask) -> None:
-    from .web import account, api, embed, ops, reader
     from .extensions import csrf
+    from .web import account, api, embed, ops, reader
 
     app.register_blueprint(reader.bp)
     app.register_blueprint(account.bp)

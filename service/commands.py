@@ -8,10 +8,11 @@ from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import func, select
 
-from . import demo, posts, subscriber_csv
 from .errors import DomainError
 from .extensions import db
 from .models import Post
+from .publishing import demo, posts
+from .readers import subscriber_csv
 
 
 def register(app: Flask) -> None:
@@ -91,14 +92,6 @@ def demo_command(if_empty: bool):
         click.echo(f"{post.visibility:<11}  {current_app.config['BASE_URL']}/p/{post.slug}")
 
 
-def _cli() -> click.Group:
-    from flask.cli import FlaskGroup
-
-    from . import create_app
-
-    return FlaskGroup(name="keepreading", create_app=create_app, help="keepreading: newsletter subscriptions and a paywall.")
-
-
 @click.group("digest", cls=AppGroup, help="Send digests of new posts.")
 def digest_group():
     pass
@@ -111,10 +104,10 @@ def digest_group():
 @click.option("--timeout", type=float, default=3600, show_default=True, help="seconds --wait waits at most")
 def send_digest(frequency: str | None, wait: bool, timeout: float):
     """Send a digest now to every confirmed subscriber with unseen posts, whatever the clock says."""
-    from . import digests
+    from .digests import runs
 
-    digest = digests.send_now(frequency)
-    summary = digests.summary(digest)
+    digest = runs.send_now(frequency)
+    summary = runs.summary(digest)
     click.echo(f"digest {digest.id}: {summary['recipients']} recipients queued")
     if wait:
         summary = _wait_for(digest.id, timeout)
@@ -128,16 +121,11 @@ def _wait_for(digest_id: int, timeout: float) -> dict:
     """Poll the run (recovering stale claims on the way) until none of its deliveries is open."""
     import time
 
-    from . import digests
+    from .digests import runs
 
     deadline = time.monotonic() + timeout
     while True:
-        summary = digests.settle(digest_id)
+        summary = runs.settle(digest_id)
         if summary["finished_at"] is not None or time.monotonic() > deadline:
             return summary
         time.sleep(0.5)
-
-
-def main() -> None:
-    """The `keepreading` console script: Flask's CLI over create_app."""
-    _cli()()

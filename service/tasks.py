@@ -7,7 +7,7 @@ from celery import shared_task
 @shared_task(name="service.tasks.ping")
 def ping(value: str) -> str:
     """Round-trip check used by the health tests and the Celery smoke test."""
-    from . import health
+    from .web import health
 
     return health.record_ping(value)
 
@@ -15,7 +15,7 @@ def ping(value: str) -> str:
 @shared_task(name="service.tasks.send_outbox_email")
 def send_outbox_email(outbox_id: int) -> bool:
     """Send one transactional email (confirm, sign-in, welcome) from the outbox table."""
-    from . import outbox
+    from .mail import outbox
 
     return outbox.send(outbox_id)
 
@@ -23,7 +23,7 @@ def send_outbox_email(outbox_id: int) -> bool:
 @shared_task(name="service.tasks.flush_outbox")
 def flush_outbox() -> int:
     """Beat: queue again the outbox emails a broker outage or an SMTP failure left unsent."""
-    from . import outbox
+    from .mail import outbox
 
     return outbox.flush()
 
@@ -31,16 +31,16 @@ def flush_outbox() -> int:
 @shared_task(name="service.tasks.dispatch_digests")
 def dispatch_digests() -> dict:
     """Beat: create the digest runs due now, hand out claims whose worker died, close settled runs."""
-    from . import digests
+    from .digests import runs
 
-    return digests.dispatch()
+    return runs.dispatch()
 
 
 @shared_task(bind=True, name="service.tasks.send_digest_batch", max_retries=None,
              acks_late=True, reject_on_worker_lost=True)
 def send_digest_batch(self, digest_id: int, first_id: int, last_id: int) -> None:
     """Send one id range of a digest run; retried with backoff while recipients were refused for now."""
-    from . import sending
+    from .digests import sending
 
     delay = sending.send_batch(digest_id, first_id, last_id, attempt=self.request.retries)
     if delay is not None:

@@ -6,7 +6,7 @@ import hmac
 import time
 
 from flask import current_app
-from itsdangerous import BadData, BadSignature, SignatureExpired, Serializer, URLSafeTimedSerializer
+from itsdangerous import BadData, BadSignature, Serializer, SignatureExpired, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode, int_to_bytes, want_bytes
 
 from .errors import InvalidToken, TokenExpired

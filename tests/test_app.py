@@ -31,9 +31,9 @@ def test_refusal_message_is_one_line(bare_env):
 def test_cli_refuses_with_the_message(bare_env):
     from click.testing import CliRunner
 
-    from service.commands import _cli
+    from service.cli import group
 
-    result = CliRunner().invoke(_cli(), ["posts", "list"])
+    result = CliRunner().invoke(group(), ["posts", "list"])
     assert result.exit_code != 0
     assert "KEEPREADING_SECRET_KEY" in str(result.exception) + result.output
 

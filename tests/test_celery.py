@@ -21,3 +21,13 @@ def _ping_event(value):
     event = db.session.scalar(select(Event).where(Event.kind == "ping").order_by(Event.id.desc()))
     db.session.rollback()
     return event if event and event.data.get("value") == value else None
+
+
+def test_tasks_queued_by_name_are_registered_under_that_name(app):
+    """The dispatcher and the outbox queue their tasks by name (they sit below the task module)."""
+    from service.digests import runs
+    from service.mail import outbox
+
+    registered = app.extensions["celery"].tasks
+    assert runs.SEND_BATCH == tasks.send_digest_batch.name and runs.SEND_BATCH in registered
+    assert outbox.SEND_TASK == tasks.send_outbox_email.name and outbox.SEND_TASK in registered

@@ -15,10 +15,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import insert, select, update
 
-from service import digests, mailer, posts, publication, send_journal, sending, tasks, tokens
-from service.digest_mail import Body, quoted_printable
+from service import tasks, tokens
+from service.digests import journal as send_journal
+from service.digests import runs, sending
+from service.digests.message import Body, quoted_printable
 from service.extensions import db
+from service.mail import transports
 from service.models import Delivery, Digest, Post, Subscriber, utcnow
+from service.publishing import posts, publication
 
 from .conftest import BASE_URL, need_server, wait_until
 
@@ -69,7 +73,7 @@ def posts_in(since, cutoff) -> list[Post]:
 
 
 def wait_settled(digest_id: int, timeout: float = 60) -> dict:
-    return wait_until(lambda: (s := digests.settle(digest_id))["finished_at"] and s, timeout,
+    return wait_until(lambda: (s := runs.settle(digest_id))["finished_at"] and s, timeout,
                       f"digest {digest_id} not settled")
 
 
@@ -98,13 +102,13 @@ def test_cadence_across_days_and_a_dst_change(app):
             datetime(2026, 3, 9, 11, 50, tzinfo=UTC): "P5",  # 07:50 EDT: just before
         }
         ticks = [datetime(2026, 3, 2, tzinfo=UTC) + timedelta(minutes=30 * step) for step in range(9 * 48)]
-        runs = []
+        created_runs = []
         for moment in sorted({*ticks, *plan}):
             if moment in plan:
                 publish_at(moment, plan[moment], visibility="public" if plan[moment] == "P2" else "subscribers")
-            runs += [(moment, digest_id) for digest_id in digests.schedule(moment)]
+            created_runs += [(moment, digest_id) for digest_id in runs.schedule(moment)]
 
-        created = {db.session.get(Digest, digest_id).slot: moment for moment, digest_id in runs}
+        created = {db.session.get(Digest, digest_id).slot: moment for moment, digest_id in created_runs}
         assert created["daily:2026-03-07"] == datetime(2026, 3, 7, 13, 0, tzinfo=UTC)  # EST
         assert created["daily:2026-03-08"] == datetime(2026, 3, 8, 12, 0, tzinfo=UTC)  # EDT
         assert created["weekly:2026-03-09"] == datetime(2026, 3, 9, 12, 0, tzinfo=UTC)
@@ -112,7 +116,7 @@ def test_cadence_across_days_and_a_dst_change(app):
                                          + ["weekly:2026-03-02", "weekly:2026-03-09"])
 
         received: dict[str, list[list[str]]] = {}
-        for _moment, digest_id in runs:
+        for _moment, digest_id in created_runs:
             for email, titles in delivered(digest_id).items():
                 received.setdefault(email.split("0@")[0], []).append(titles)
         assert received["daily"] == [["P1"], ["P2"], ["P3"], ["P5", "P4"]]
@@ -129,14 +133,14 @@ def test_cadence_in_a_zone_ahead_of_utc(app):
         configure(timezone="Asia/Tokyo", send_hour=7, send_weekday=2, default_frequency="daily")
         seed(1, prefix="default", since=datetime(2026, 6, 1, tzinfo=UTC))
         publish_at(datetime(2026, 6, 2, 21, 0, tzinfo=UTC), "Q1")
-        assert digests.schedule(datetime(2026, 6, 2, 21, 59, tzinfo=UTC)) == []
-        first = digests.schedule(datetime(2026, 6, 2, 22, 0, tzinfo=UTC))
+        assert runs.schedule(datetime(2026, 6, 2, 21, 59, tzinfo=UTC)) == []
+        first = runs.schedule(datetime(2026, 6, 2, 22, 0, tzinfo=UTC))
         assert [db.session.get(Digest, digest_id).slot for digest_id in first] == ["daily:2026-06-03", "weekly:2026-06-03"]
         assert delivered(first[0]) == {"default0@example.com": ["Q1"]}
         assert delivered(first[1]) == {}  # weekly readers only; nobody left with new posts either way
-        assert digests.schedule(datetime(2026, 6, 3, 12, 0, tzinfo=UTC)) == []  # same local day
+        assert runs.schedule(datetime(2026, 6, 3, 12, 0, tzinfo=UTC)) == []  # same local day
         publish_at(datetime(2026, 6, 3, 12, 0, tzinfo=UTC), "Q2")
-        second = digests.schedule(datetime(2026, 6, 3, 22, 5, tzinfo=UTC))
+        second = runs.schedule(datetime(2026, 6, 3, 22, 5, tzinfo=UTC))
         assert delivered(second[0]) == {"default0@example.com": ["Q2"]}
 
 
@@ -145,13 +149,13 @@ def test_an_hour_that_does_not_exist_or_comes_twice_sends_once(app):
         configure(timezone="Europe/Berlin", send_hour=2, default_frequency="daily")
         row = publication.settings()
         # 29 March 2026: 02:00 local does not exist; the first later hour sends.
-        assert digests.due_slots(row, datetime(2026, 3, 29, 0, 59, tzinfo=UTC)) == []
-        assert digests.due_slots(row, datetime(2026, 3, 29, 1, 0, tzinfo=UTC)) == [("daily", "daily:2026-03-29")]
+        assert runs.due_slots(row, datetime(2026, 3, 29, 0, 59, tzinfo=UTC)) == []
+        assert runs.due_slots(row, datetime(2026, 3, 29, 1, 0, tzinfo=UTC)) == [("daily", "daily:2026-03-29")]
         # 25 October 2026: 02:00-03:00 local happens twice; the slot is the same, so one run.
         seed(1, prefix="night", since=datetime(2026, 10, 20, tzinfo=UTC))
         publish_at(datetime(2026, 10, 24, tzinfo=UTC), "R1")
-        first = digests.schedule(datetime(2026, 10, 25, 0, 0, tzinfo=UTC))   # 02:00 CEST
-        again = digests.schedule(datetime(2026, 10, 25, 1, 0, tzinfo=UTC))   # 02:00 CET
+        first = runs.schedule(datetime(2026, 10, 25, 0, 0, tzinfo=UTC))   # 02:00 CEST
+        again = runs.schedule(datetime(2026, 10, 25, 1, 0, tzinfo=UTC))   # 02:00 CET
         assert len(first) == 1 and again == []
 
 
@@ -181,7 +185,7 @@ def test_two_dispatchers_at_once_create_one_run(app, worker, mailbox):
         try:
             with app.app_context():
                 barrier.wait()
-                results.append(digests.send_now().id if manual else digests.dispatch(now)["created"])
+                results.append(runs.send_now().id if manual else runs.dispatch(now)["created"])
         except Exception as error:  # reported below
             errors.append(error)
 
@@ -206,11 +210,11 @@ def test_a_task_executed_twice_sends_nothing_twice(app, mailbox):
     with app.app_context():
         seed(20)
         posts.create("Twice", "Words.", "subscribers", True)
-        digest = digests.create_run("manual:twice", None, utcnow())
-        (first, last), = digests.id_ranges(Delivery.digest_id == digest.id)
+        digest = runs.create_run("manual:twice", None, utcnow())
+        (first, last), = runs.id_ranges(Delivery.digest_id == digest.id)
         for _ in range(3):  # the real task body, run here three times: a redelivered or duplicated message
             tasks.send_digest_batch.apply(args=[digest.id, first, last]).get()
-        assert digests.settle(digest.id)["counts"]["sent"] == 20
+        assert runs.settle(digest.id)["counts"]["sent"] == 20
         assert set(db.session.scalars(select(Delivery.attempts))) == {1}
     counts = per_recipient(mailbox)
     assert len(counts) == 20 and set(counts.values()) == {1}
@@ -223,22 +227,22 @@ def test_the_redis_journal_keeps_only_hand_overs_in_flight(app, mailbox):
     with app.app_context():
         seed(30)
         posts.create("Journal", "Words.", "subscribers", True)
-        digest = digests.create_run("manual:journal", None, utcnow())
-        (first, last), = digests.id_ranges(Delivery.digest_id == digest.id)
+        digest = runs.create_run("manual:journal", None, utcnow())
+        (first, last), = runs.id_ranges(Delivery.digest_id == digest.id)
         journal = send_journal.for_run(digest)
         assert sending.send_batch(digest.id, first, last) is None
         assert journal.client.scard(journal.key) == 0
-        assert digests.settle(digest.id)["counts"]["sent"] == 30
+        assert runs.settle(digest.id)["counts"]["sent"] == 30
 
 
 def test_unsubscribe_between_dispatch_and_send_gets_no_mail(app, worker, mailbox):
     with app.app_context():
         ids = seed(10)
         posts.create("Leaving", "Words.", "subscribers", True)
-        digest = digests.create_run("manual:leaving", None, utcnow())
+        digest = runs.create_run("manual:leaving", None, utcnow())
         db.session.execute(update(Subscriber).where(Subscriber.id == ids[3]).values(status="unsubscribed"))
         db.session.commit()
-        digests.enqueue(digest.id)
+        runs.enqueue(digest.id)
         summary = wait_settled(digest.id)
         assert summary["counts"] == {"pending": 0, "sending": 0, "sent": 9, "failed": 0, "skipped": 1}
     counts = per_recipient(mailbox)
@@ -248,8 +252,8 @@ def test_unsubscribe_between_dispatch_and_send_gets_no_mail(app, worker, mailbox
 # --- the email as received ---
 
 def _send_in_process(app, mailbox, subscribers: int = 1) -> list:
-    digest = digests.create_run("manual:look", None, utcnow())
-    for first, last in digests.id_ranges(Delivery.digest_id == digest.id):
+    digest = runs.create_run("manual:look", None, utcnow())
+    for first, last in runs.id_ranges(Delivery.digest_id == digest.id):
         assert sending.send_batch(digest.id, first, last) is None
     return mailbox.wait_for(subscribers)
 
@@ -310,8 +314,8 @@ def test_refusals_in_the_envelope_pipelined_or_not(app, mailbox, pipelining):
     with app.app_context():
         seed(6)
         posts.create("Envelope", "Words.", "subscribers", True)
-        digest = digests.create_run("manual:envelope", None, utcnow())
-        (first, last), = digests.id_ranges(Delivery.digest_id == digest.id)
+        digest = runs.create_run("manual:envelope", None, utcnow())
+        (first, last), = runs.id_ranges(Delivery.digest_id == digest.id)
         assert sending.send_batch(digest.id, first, last) is not None  # a retry is due for reader3
         statuses = dict(db.session.execute(select(Subscriber.email, Delivery.status)
                                            .join_from(Delivery, Subscriber)).all())
@@ -335,9 +339,9 @@ def test_a_body_encoded_line_by_line_is_the_body_encoded_whole(chunks, value):
 
 
 def test_dot_stuffing_and_line_ends():
-    assert mailer._dot_stuffed(b".a\nb\r\n.c\rd") == b"..a\r\nb\r\n..c\r\nd\r\n"
-    assert mailer._dot_stuffed(b"a\r\n.\r\n..b\r\n") == b"a\r\n..\r\n...b\r\n"
-    assert mailer._dot_stuffed(b"plain") == b"plain\r\n"
+    assert transports._dot_stuffed(b".a\nb\r\n.c\rd") == b"..a\r\nb\r\n..c\r\nd\r\n"
+    assert transports._dot_stuffed(b"a\r\n.\r\n..b\r\n") == b"a\r\n..\r\n...b\r\n"
+    assert transports._dot_stuffed(b"plain") == b"plain\r\n"
 
 
 def _spam_score(raw: bytes) -> float:

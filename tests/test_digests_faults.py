@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
-from service import digests, posts
+from service.digests import runs
 from service.extensions import db
 from service.models import Delivery, Digest, Subscriber
+from service.publishing import posts
 
 from .conftest import wait_for_ping, wait_until
 from .mailbox import Mailbox
@@ -51,7 +52,7 @@ def status_counts(digest_id: int) -> dict[str, int]:
 def dispatched_until_settled(digest_id: int, timeout: float) -> dict:
     """The beat's dispatcher, run here every half second (as beat would every two minutes)."""
     def settled():
-        digests.dispatch()
+        runs.dispatch()
         digest = db.session.get(Digest, digest_id)
         db.session.refresh(digest)
         return digest.finished_at is not None
@@ -67,7 +68,7 @@ def test_worker_killed_mid_run_then_a_new_one_sends_each_mail_once(app, workers,
         posts.create("Storm warning", "Words.", "subscribers", True)
         first = workers()
         wait_for_ping(app, "first-worker")
-        digest = digests.send_now()
+        digest = runs.send_now()
         mailbox.wait_for(700, timeout=120)
         first.kill()
         at_kill = len(mailbox.messages)
@@ -91,7 +92,7 @@ def test_421_for_a_tenth_of_recipients_all_delivered_after_retries(app, workers,
         mailbox.faults.refuse_first_attempt = {f"reader{index}@example.com" for index in range(0, 200, 10)}
         posts.create("Swell", "Words.", "subscribers", True)
         workers()
-        digest = digests.send_now()
+        digest = runs.send_now()
         final = dispatched_until_settled(digest.id, timeout=90)
         attempts = dict(db.session.execute(select(Subscriber.email, Delivery.attempts).join_from(Delivery, Subscriber)).all())
     assert final == {"sent": len(ids)}
@@ -107,13 +108,13 @@ def test_550_bounces_the_subscriber_who_is_skipped_next_run(app, workers, mailbo
         mailbox.faults.by_recipient[gone] = "550 5.1.1 no such user"
         posts.create("Fog", "Words.", "subscribers", True)
         workers()
-        first = digests.send_now()
+        first = runs.send_now()
         assert dispatched_until_settled(first.id, timeout=60) == {"sent": 19, "failed": 1}
         bounced = db.session.scalar(select(Subscriber).where(Subscriber.email == gone))
         assert bounced.status == "bounced" and bounced.bounced_at is not None
         assert "550" in db.session.scalar(select(Delivery.error).where(Delivery.status == "failed"))
         posts.create("Clear skies", "Words.", "subscribers", True)
-        second = digests.send_now()
+        second = runs.send_now()
         assert dispatched_until_settled(second.id, timeout=60) == {"sent": 19}
         assert gone not in db.session.scalars(select(Subscriber.email).join_from(Delivery, Subscriber)
                                               .where(Delivery.digest_id == second.id)).all()
@@ -127,7 +128,7 @@ def test_smtp_server_down_for_a_while_nothing_sent_until_delivered(app, workers)
             ids = seed(50)
             posts.create("Power cut", "Words.", "subscribers", True)
             workers(KEEPREADING_SMTP_URL=later.url)
-            digest = digests.send_now()
+            digest = runs.send_now()
 
             def refused():
                 errors = db.session.scalars(select(Delivery.error).where(Delivery.digest_id == digest.id)).all()

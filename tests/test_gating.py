@@ -5,9 +5,9 @@ import re
 import pytest
 
 from service import tokens
-from service.access import COOKIE
 from service.extensions import db
 from service.models import Subscriber, utcnow
+from service.readers.access import COOKIE
 
 TAIL = "the lighthouse keeper's secret recipe"
 BODY = f"Opening lines anyone may read.\n\n<!--more-->\n\nThen {TAIL} follows."

@@ -9,7 +9,13 @@ from sqlalchemy import create_engine, inspect
 from service import create_app
 from service.extensions import db
 
-from .conftest import SECRET_KEY, create_postgres_database, drop_postgres_database, need_server, postgres_problem
+from .conftest import (
+    SECRET_KEY,
+    create_postgres_database,
+    drop_postgres_database,
+    need_server,
+    postgres_problem,
+)
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ import pytest
 from sqlalchemy import event
 
 from service import tokens
-from service.pages import Memory
-from service.access import COOKIE
 from service.extensions import db
 from service.models import Subscriber, utcnow
+from service.publishing.memory import Memory
+from service.readers.access import COOKIE
 
 TAIL = "the chart of the hidden channel"
 BODY = f"Opening words.\n\n<!--more-->\n\nThen {TAIL}."

@@ -15,8 +15,9 @@ import pytest
 from celery.signals import before_task_publish
 from sqlalchemy import event
 
-from service import digests, posts, sending
+from service.digests import runs, sending
 from service.extensions import db
+from service.publishing import posts
 
 from .test_digests import per_recipient, seed
 
@@ -75,12 +76,12 @@ def digest_run(recipients: int) -> tuple[Tally, Tally]:
     posts.create("Budget", "Words for the teaser.\n\n<!--more-->\n\nThe rest.", "subscribers", True)
     db.session.commit()
     with counting() as fan_out:
-        digest = digests.send_now()
+        digest = runs.send_now()
         digest_id = digest.id
     with counting() as sending_tally:
         for batch in fan_out.batches:
             assert sending.send_batch(*batch) is None
-        summary = digests.settle(digest_id)
+        summary = runs.settle(digest_id)
     assert summary["counts"]["sent"] == recipients and summary["finished_at"] is not None
     return fan_out, sending_tally
 

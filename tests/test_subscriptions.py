@@ -9,12 +9,21 @@ import pytest
 import time_machine
 from sqlalchemy import select
 
-from service import create_app, publication, tasks
+from service import create_app, tasks
 from service.extensions import db
 from service.models import Event, OutboxEmail
+from service.publishing import publication
 
 from .conftest import BASE_URL
-from .helpers import Reader, csrf_token, link_to, links_in, outbox_rows, subscriber, wait_outbox_sent
+from .helpers import (
+    Reader,
+    csrf_token,
+    link_to,
+    links_in,
+    outbox_rows,
+    subscriber,
+    wait_outbox_sent,
+)
 
 SUBSCRIBED = b"Check your inbox to confirm your subscription."
 
@@ -323,7 +332,7 @@ def test_broker_down_at_signup_mail_goes_out_when_it_is_back(app, mailbox, worke
 
 
 def test_a_claimed_outbox_email_is_sent_once(app, mailbox):
-    from service import outbox
+    from service.mail import outbox
 
     _set_status(app, "once@example.org", "pending", create=True)
     with app.app_context():
@@ -336,7 +345,7 @@ def test_a_claimed_outbox_email_is_sent_once(app, mailbox):
 
 
 def test_smtp_refusals_retry_later_or_give_up(app, mailbox):
-    from service import outbox
+    from service.mail import outbox
 
     mailbox.faults.refuse_first_attempt.add("later@example.org")
     mailbox.faults.by_recipient["gone@example.org"] = "550 5.1.1 no such user"

@@ -1,1 +1,1 @@
-"""Blueprints: reader pages, embed, admin API, ops."""
+"""The web: reader, account, embed, admin API and ops blueprints, plus request-level concerns (headers, health, metrics)."""

@@ -3,13 +3,24 @@ from __future__ import annotations
 
 import json
 
-from flask import Blueprint, Response, flash, jsonify, make_response, redirect, render_template, request, url_for
+from flask import (
+    Blueprint,
+    Response,
+    flash,
+    jsonify,
+    make_response,
+    redirect,
+    render_template,
+    request,
+    url_for,
+)
 
-from .. import abuse, access, publication, subscriptions
-from ..addresses import safe_next
 from ..errors import ValidationError, show_form_errors_on, wants_json
 from ..extensions import csrf, limiter
-from ..security import allow_framing, private
+from ..publishing import publication
+from ..readers import abuse, access, subscriptions
+from ..readers.addresses import safe_next
+from .headers import allow_framing, private
 
 bp = Blueprint("account", __name__)
 SUBSCRIBED = "Check your inbox to confirm your subscription."

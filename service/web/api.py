@@ -6,10 +6,12 @@ import hmac
 from flask import Blueprint, current_app, jsonify, request
 from sqlalchemy import select
 
-from .. import digests, posts, publication, subscriber_csv, subscriptions
+from ..digests import runs
 from ..errors import ValidationError
 from ..extensions import db
 from ..models import STATUSES, Post, Subscriber
+from ..publishing import posts, publication
+from ..readers import subscriber_csv, subscriptions
 from . import openapi
 from .reader import absolute_url
 
@@ -101,7 +103,7 @@ def get_settings():
 
 @bp.patch("/settings")
 def update_settings():
-    return jsonify(publication.as_dict(publication.update(json_body())))
+    return jsonify(publication.as_dict(posts.update_settings(json_body())))
 
 
 @bp.get("/subscribers")
@@ -139,7 +141,7 @@ def import_subscribers():
 @bp.get("/digests")
 def list_digests():
     """Digest runs, newest first, with their delivery counts."""
-    return jsonify(digests=digests.recent(request.args.get("limit", 50, type=int)))
+    return jsonify(digests=runs.recent(request.args.get("limit", 50, type=int)))
 
 
 @bp.post("/digests")
@@ -148,4 +150,4 @@ def create_digest():
     body = request.get_json(silent=True) or {}
     if not isinstance(body, dict):
         raise ValidationError("the body must be a JSON object", field="body")
-    return jsonify(digests.summary(digests.send_now(body.get("frequency")))), 202
+    return jsonify(runs.summary(runs.send_now(body.get("frequency")))), 202

@@ -5,7 +5,7 @@ from urllib.parse import urlsplit
 
 from flask import Blueprint, current_app, make_response, render_template, request
 
-from ..addresses import safe_next, source_text
+from ..readers.addresses import safe_next, source_text
 
 bp = Blueprint("embed", __name__)
 

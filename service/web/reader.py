@@ -1,10 +1,19 @@
 """Reader pages: the archive, articles (gated), the feed and the sitemap."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, make_response, render_template, request, session, url_for
+from flask import (
+    Blueprint,
+    current_app,
+    make_response,
+    render_template,
+    request,
+    session,
+    url_for,
+)
 
-from .. import access, content, pages, posts, publication
-from ..security import private
+from ..publishing import content, memory, posts, publication
+from ..readers import access
+from .headers import private
 
 bp = Blueprint("reader", __name__)
 
@@ -55,7 +64,7 @@ def _archive_page(signed_in: bool) -> str:
 def _kept(key, build) -> str:
     """A rendered page from memory, unless this request carries a flash message meant for it alone."""
     has_flashes = bool(request.cookies.get(current_app.config["SESSION_COOKIE_NAME"])) and "_flashes" in session
-    return build() if has_flashes else pages.remember(key, build)
+    return build() if has_flashes else memory.remember(key, build)
 
 
 @bp.get("/feed.xml")

@@ -18,10 +18,13 @@ from datetime import datetime, timedelta
 from flask import current_app
 from sqlalchemy import case, select, update
 
-from . import mailer, publication, send_journal
-from .digest_mail import DigestMail, PostItem, Reader
-from .extensions import db
-from .models import Delivery, Digest, Post, Subscriber, utcnow
+from ..extensions import db
+from ..mail import mailer, transports
+from ..models import Delivery, Digest, Post, Subscriber, utcnow
+from ..publishing import publication
+from ..readers import subscriptions
+from . import journal as send_journal
+from .message import DigestMail, PostItem, Reader
 
 log = logging.getLogger(__name__)
 _mails: dict[tuple, DigestMail] = {}  # (run, post set) -> rendered digest, per worker process
@@ -117,7 +120,7 @@ def _posts(digest: Digest, sinces: list[datetime | None]) -> list[PostItem]:
 
 def _send_all(digest: Digest, work: list, deadline: float, outcomes: Outcomes) -> None:
     journal = send_journal.for_run(digest)
-    transport = mailer.open_transport()
+    transport = transports.open_transport()
     from_address = mailer.sender()[1]
     try:
         for index, (row, reader, post_set) in enumerate(work):
@@ -148,7 +151,7 @@ def _send_one(transport, journal, from_address: str, message: bytes, row: Claime
 
     try:
         transport.deliver(from_address, reader.email, message, commit)
-    except mailer.DeliveryError as refusal:
+    except transports.DeliveryError as refusal:
         if handed_over:
             journal.retract(row.delivery_id)
         reason = str(refusal)[:500]
@@ -192,8 +195,6 @@ def record(outcomes: Outcomes, delay: float | None) -> None:
     _update(outcomes.unsent, status="pending", lease_until=again, attempts=Delivery.attempts - 1,
             error=outcomes.trouble or None)
     db.session.commit()
-    from . import subscriptions  # owns every status change (issue 3's module)
-
     for subscriber_id, reason in outcomes.bounced.items():
         subscriptions.mark_bounced(subscriber_id, reason)
 

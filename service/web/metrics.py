@@ -1,40 +1,15 @@
-"""Liveness checks (database, broker) and Prometheus metrics."""
+"""Prometheus metrics: requests and latency per endpoint, posts and subscribers counted at scrape time."""
 from __future__ import annotations
 
 import time
 
-from flask import Flask, current_app, g, request
+from flask import Flask, g, request
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
-from .extensions import db
-from .models import Event, Post, Subscriber
-
-
-def check_database() -> str | None:
-    try:
-        db.session.execute(text("SELECT 1"))
-    except Exception as exc:  # any driver error means the database is not usable
-        db.session.rollback()
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return None
-
-
-def check_broker() -> str | None:
-    celery = current_app.extensions["celery"]
-    try:
-        with celery.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
-    except Exception as exc:  # kombu raises many kinds of errors for an unreachable broker
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    return None
-
-
-def record_ping(value: str) -> str:
-    db.session.add(Event(kind="ping", data={"value": value}))
-    db.session.commit()
-    return value
+from ..extensions import db
+from ..models import Post, Subscriber
 
 
 class _ContentCollector:
@@ -58,7 +33,7 @@ class _ContentCollector:
         yield subscribers
 
 
-def register_metrics(app: Flask) -> None:
+def register(app: Flask) -> None:
     registry = CollectorRegistry()
     requests = Counter("keepreading_http_requests", "HTTP requests", ["method", "endpoint", "status"], registry=registry)
     latency = Histogram("keepreading_http_request_seconds", "HTTP request latency", ["endpoint"], registry=registry)

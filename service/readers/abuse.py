@@ -6,10 +6,10 @@ import logging
 from flask import current_app
 from limits import parse_many
 
-from . import publication
+from ..errors import ValidationError
+from ..extensions import limiter
+from ..publishing import publication
 from .addresses import mailbox_key
-from .errors import ValidationError
-from .extensions import limiter
 
 log = logging.getLogger(__name__)
 HONEYPOT_FIELD = "website"

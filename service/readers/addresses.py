@@ -6,7 +6,7 @@ from urllib.parse import unquote, urlsplit
 
 from email_validator import EmailNotValidError, validate_email
 
-from .errors import ValidationError
+from ..errors import ValidationError
 
 MAX_NAME = 200
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flask import current_app
 
-from .models import Digest
+from ..models import Digest
 
 TTL = 14 * 24 * 3600
 _clients: dict[str, object] = {}

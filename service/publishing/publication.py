@@ -6,10 +6,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from flask import current_app, g, has_request_context
 from sqlalchemy import update as sql_update
 
-from . import pages
-from .errors import ValidationError
-from .extensions import db
-from .models import PublicationSettings
+from ..errors import ValidationError
+from ..extensions import db
+from ..models import PublicationSettings
+from . import memory
 
 EDITABLE = {
     "name": str,
@@ -44,11 +44,11 @@ def lock() -> None:
 
 
 def name() -> str:
-    return pages.remember("publication-name", lambda: settings().name or current_app.config["PUBLICATION_NAME"])
+    return memory.remember("publication-name", lambda: settings().name or current_app.config["PUBLICATION_NAME"])
 
 
 def blocked_domains() -> frozenset[str]:
-    return pages.remember("blocked-domains", _blocked_domains)
+    return memory.remember("blocked-domains", _blocked_domains)
 
 
 def _blocked_domains() -> frozenset[str]:
@@ -70,9 +70,7 @@ def as_dict(row: PublicationSettings | None = None) -> dict:
 
 
 def update(changes: dict) -> PublicationSettings:
-    """Validate and apply the publisher's changes; teasers are recut when their length changes."""
-    from . import posts
-
+    """Validate and apply the publisher's changes (posts.update_settings also recuts the teasers)."""
     row = settings()
     if "blocked_domains" in changes and isinstance(changes["blocked_domains"], list):
         changes = {**changes, "blocked_domains": ",".join(map(str, changes["blocked_domains"]))}
@@ -80,8 +78,6 @@ def update(changes: dict) -> PublicationSettings:
         _check(field, value)
         setattr(row, field, value)
     db.session.commit()
-    if "teaser_words" in changes:
-        posts.recut_teasers()
     return row
 
 

@@ -5,10 +5,11 @@ from dataclasses import dataclass
 
 from flask import Response, current_app, g, request
 
-from . import pages, tokens
-from .errors import InvalidToken, TokenExpired
-from .extensions import db
-from .models import Post, Subscriber
+from .. import tokens
+from ..errors import InvalidToken, TokenExpired
+from ..extensions import db
+from ..models import Post, Subscriber
+from ..publishing import memory
 
 COOKIE = "kr_reader"
 READING_STATUSES = ("confirmed", "bounced")
@@ -24,7 +25,7 @@ def session_status() -> str | None:
     cookie = request.cookies.get(COOKIE)
     if not cookie:
         return None
-    return pages.remember(("reader", cookie), lambda: status_of(reader_from_session(cookie)))
+    return memory.remember(("reader", cookie), lambda: status_of(reader_from_session(cookie)))
 
 
 def status_of(reader: Subscriber | None) -> str | None:

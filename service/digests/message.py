@@ -21,8 +21,9 @@ from urllib.parse import urlsplit
 
 from flask import current_app
 
-from . import content, mailer, tokens
-
+from .. import tokens
+from ..mail import mailer
+from ..publishing import content
 
 _ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+")
 

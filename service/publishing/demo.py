@@ -4,9 +4,9 @@ from __future__ import annotations
 from slugify import slugify
 from sqlalchemy import select
 
+from ..extensions import db
+from ..models import Post
 from . import posts
-from .extensions import db
-from .models import Post
 
 POSTS = [
     ("Welcome aboard: what this newsletter is for", "public", """\

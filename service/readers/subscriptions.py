@@ -9,12 +9,14 @@ from flask import current_app
 from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import abuse, outbox, tokens
+from .. import tokens
+from ..errors import Conflict, InvalidToken, TokenExpired, ValidationError
+from ..extensions import db
+from ..mail import outbox
+from ..models import FREQUENCIES, STATUSES, Event, OutboxEmail, Subscriber, utcnow
+from . import abuse
 from .access import READING_STATUSES
 from .addresses import clean_name, normalise_email, one_line, safe_next, source_text
-from .errors import Conflict, InvalidToken, TokenExpired, ValidationError
-from .extensions import db
-from .models import FREQUENCIES, STATUSES, Event, OutboxEmail, Subscriber, utcnow
 
 log = logging.getLogger(__name__)
 

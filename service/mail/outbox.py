@@ -12,9 +12,11 @@ from datetime import timedelta
 from flask import current_app
 from sqlalchemy import or_, select, update
 
-from . import links, mailer, publication, tokens
-from .extensions import db
-from .models import OutboxEmail, Subscriber, utcnow
+from .. import tokens
+from ..extensions import db
+from ..models import OutboxEmail, Subscriber, utcnow
+from ..publishing import publication
+from . import links, mailer, transports
 
 log = logging.getLogger(__name__)
 SEND_TASK = "service.tasks.send_outbox_email"
@@ -70,7 +72,7 @@ def send(outbox_id: int) -> bool:
         return _give_up(email, "the subscriber is gone")
     try:
         mailer.send_message(compose(email, subscriber))
-    except mailer.DeliveryError as error:
+    except transports.DeliveryError as error:
         return _give_up(email, str(error)) if error.permanent else _retry_later(email, str(error))
     except (smtplib.SMTPException, OSError) as error:
         return _retry_later(email, f"{type(error).__name__}: {error}")

@@ -5,8 +5,9 @@ from urllib.parse import urlsplit
 
 from flask import current_app
 
-from . import publication, tokens
-from .models import Subscriber
+from .. import tokens
+from ..models import Subscriber
+from ..publishing import publication
 
 
 def external(endpoint: str, **values) -> str:

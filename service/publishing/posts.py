@@ -6,10 +6,10 @@ import re
 from slugify import slugify
 from sqlalchemy import select
 
+from ..errors import Conflict, NotFound, ValidationError
+from ..extensions import db
+from ..models import VISIBILITIES, Post, PublicationSettings, utcnow
 from . import content, publication
-from .errors import Conflict, NotFound, ValidationError
-from .extensions import db
-from .models import VISIBILITIES, Post, utcnow
 
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 FIELDS = {"title", "body", "visibility", "published", "slug"}
@@ -81,6 +81,15 @@ def published(limit: int | None = None) -> list[Post]:
 
 def every() -> list[Post]:
     return list(db.session.scalars(select(Post).order_by(Post.created_at.desc(), Post.id.desc())))
+
+
+def update_settings(changes: dict) -> PublicationSettings:
+    """The publisher's settings changed, and every teaser recut when the word budget is one of them:
+    posts follow the settings, so this lives here rather than the settings calling back into posts."""
+    row = publication.update(changes)
+    if "teaser_words" in changes:
+        recut_teasers()
+    return row
 
 
 def recut_teasers() -> None:

@@ -8,11 +8,11 @@ from datetime import datetime, timezone
 
 from sqlalchemy import select
 
+from ..errors import DomainError, ValidationError
+from ..extensions import db
+from ..models import Subscriber, utcnow
 from . import subscriptions
 from .addresses import clean_name, normalise_email
-from .errors import DomainError, ValidationError
-from .extensions import db
-from .models import Subscriber, utcnow
 
 COLUMNS = ["email", "name", "status", "subscribed_at"]
 IMPORTABLE = ("confirmed", "pending", "unsubscribed", "bounced")

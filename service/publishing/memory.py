@@ -14,7 +14,7 @@ from flask import Flask, current_app, has_app_context
 from sqlalchemy import event, inspect
 from sqlalchemy.orm import Session
 
-from .models import Post, PublicationSettings, Subscriber
+from ..models import Post, PublicationSettings, Subscriber
 
 T = TypeVar("T")
 

@@ -15,11 +15,21 @@ from zoneinfo import ZoneInfo
 from flask import current_app
 from sqlalchemy import and_, case, exists, func, insert, literal, or_, select, update
 
-from . import publication, send_journal
-from .errors import NotFound, ValidationError
-from .extensions import db
-from .models import Delivery, Digest, Post, PublicationSettings, Subscriber, UTCDateTime, utcnow
+from ..errors import NotFound, ValidationError
+from ..extensions import db
+from ..models import (
+    Delivery,
+    Digest,
+    Post,
+    PublicationSettings,
+    Subscriber,
+    UTCDateTime,
+    utcnow,
+)
+from ..publishing import publication
+from . import journal as send_journal
 
+SEND_BATCH = "service.tasks.send_digest_batch"  # the name queued messages carry: part of the contract
 OPEN = ("pending", "sending")
 COUNTED = ("pending", "sending", "sent", "failed", "skipped")
 
@@ -136,13 +146,16 @@ def _lease() -> timedelta:
 
 def enqueue(digest_id: int) -> int:
     """One batch task per id range of the run's pending deliveries; the number of tasks."""
-    from . import tasks
-
     count = 0
     for first, last in id_ranges(Delivery.digest_id == digest_id, Delivery.status == "pending"):
-        tasks.send_digest_batch.delay(digest_id, first, last)
+        queue_batch(digest_id, first, last)
         count += 1
     return count
+
+
+def queue_batch(digest_id: int, first_id: int, last_id: int) -> None:
+    """Queue the batch task by its name: service.tasks imports this module, so this one does not import it."""
+    current_app.extensions["celery"].send_task(SEND_BATCH, args=[digest_id, first_id, last_id])
 
 
 def id_ranges(*conditions) -> Iterator[tuple[int, int]]:
@@ -191,14 +204,8 @@ def _recover_run(digest: Digest, now: datetime) -> int:
                                                      else_=Delivery.error))
         db.session.commit()
         if ids:
-            _enqueue_ids(digest.id, ids)
+            queue_batch(digest.id, ids[0], ids[-1])
         count += len(ids)
-
-
-def _enqueue_ids(digest_id: int, ids: list[int]) -> None:
-    from . import tasks
-
-    tasks.send_digest_batch.delay(digest_id, ids[0], ids[-1])
 
 
 def _mark(ids, **values) -> None:

@@ -1,0 +1,1 @@
+"""Digests: due slots and runs, fan-out and recovery (dispatch), batch sending, the digest mail, the send journal."""

@@ -1,0 +1,1 @@
+"""Mail: rendering and transports, the transactional outbox, links that leave the site."""
