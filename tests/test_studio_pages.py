@@ -16,7 +16,7 @@ from service.models import Post
 from service.publishing import posts
 
 from .conftest import wait_until
-from .helpers import Reader, csrf_token
+from .helpers import Reader, csrf_token, wait_outbox_sent
 from .studio_helpers import Publisher, make_staff
 
 BODY = "The ferry waits for the bread.\n\n<!--more-->\n\nThe skipper tried once to leave on time."
@@ -155,6 +155,7 @@ def test_a_scheduled_post_goes_into_the_next_digest_of_its_cadence(app, publishe
                60, "the digest with the scheduled post")
     with app.app_context():
         assert runs.settle(digest_id)["counts"]["sent"] == 1
+    wait_outbox_sent(app)
 
 
 def test_a_time_in_the_past_is_refused_on_the_form(app, publisher):
@@ -241,6 +242,7 @@ def test_send_a_digest_now_and_see_the_run_with_its_counts(app, publisher, mailb
     # started, recipients, sent, failed, bounced, skipped, waiting, duration
     assert [cell.split("<")[0].strip() for cell in cells[1:7]] == ["3", "2", "1", "1", "0", "0"]
     assert cells[7].strip().endswith(" s") or " min " in cells[7]
+    wait_outbox_sent(app)
 
 
 def test_preview_a_subscribers_next_digest_and_send_a_test_to_me(app, publisher, mailbox, worker, admin):
@@ -263,6 +265,7 @@ def test_preview_a_subscribers_next_digest_and_send_a_test_to_me(app, publisher,
     assert "List-Unsubscribe" in mail.message and mail.message["To"] == "Edith <editor@example.org>"
     article = app.test_client().get("/p/since-you-joined?t=" + mail.text.split("?t=")[1].split()[0])
     assert "Subscribe to keep reading" in article.get_data(as_text=True)  # a test's link opens nobody's account
+    wait_outbox_sent(app)
 
 
 def test_preview_of_an_unknown_subscriber_says_so_on_the_form(app, publisher):
