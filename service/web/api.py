@@ -54,6 +54,7 @@ def post_json(post: Post) -> dict:
         "published_at": post.published_at.isoformat() if post.published_at else None,
         "updated_at": post.updated_at.isoformat(),
         "body": post.body,
+        "teaser_warning": posts.teaser_warning(post),
     }
 
 

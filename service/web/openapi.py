@@ -85,7 +85,9 @@ SCHEMAS: dict = {
         "slug": {"type": "string"}, "title": {"type": "string"}, "url": {"type": "string", "format": "uri"},
         "visibility": {"type": "string", "enum": ["public", "subscribers"]}, "published": {"type": "boolean"},
         "published_at": {"type": ["string", "null"], "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
-        "body": {"type": "string"}}},
+        "body": {"type": "string"},
+        "teaser_warning": {"type": ["string", "null"],
+                           "description": "set when a subscriber-only post's teaser shows more than half of it"}}},
     "Settings": {"type": "object", "properties": {
         "name": {"type": "string"}, "default_frequency": {"type": "string", "enum": ["daily", "weekly"]},
         "send_hour": {"type": "integer", "minimum": 0, "maximum": 23}, "send_weekday": {"type": "integer", "minimum": 0, "maximum": 6},
