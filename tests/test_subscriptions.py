@@ -114,7 +114,7 @@ def test_address_rate_limit_counts_tagged_addresses_together(client, app):
     app.config["CONFIRM_COOLDOWN"] = 0
     for number in range(8):
         Reader(client, f"sam+{number}@example.org", ip=f"203.0.113.{number + 1}").subscribe()
-    assert len(outbox_rows(app)) == 5  # ADDRESS_RATE_LIMIT 5/hour for the mailbox sam@example.org
+    assert len(outbox_rows(app)) == 3  # ADDRESS_RATE_LIMIT: 3 mails a day for the mailbox sam@example.org
 
 
 def test_honeypot_stores_and_sends_nothing(client, app):
