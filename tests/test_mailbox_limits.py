@@ -21,6 +21,7 @@ from service.readers.addresses import mailbox_key
 from .helpers import Reader, csrf_token, link_to, outbox_rows
 from .test_query_budget import counting, own_queue  # noqa: F401  (a fixture)
 
+pytestmark = pytest.mark.usefixtures("own_queue")
 START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)
 GMAIL_DOTS = ["victim@gmail.com", "v.ictim@gmail.com", "vi.ctim@gmail.com", "vic.tim@gmail.com", "vict.im@gmail.com",
               "victi.m@gmail.com", "v.i.c.t.i.m@gmail.com", "Vic.Tim@GoogleMail.com", "victim+news@googlemail.com"]
@@ -61,7 +62,7 @@ def test_provider_equivalent_spellings_are_one_mailbox(spelling, mailbox):
     assert mailbox_key(spelling.lower()) == mailbox
 
 
-def test_dot_and_tag_variants_of_one_gmail_address_get_a_few_mails_a_day(client, app, mailbox, own_queue):
+def test_dot_and_tag_variants_of_one_gmail_address_get_a_few_mails_a_day(client, app, mailbox):
     """Nine spellings of one Gmail inbox from nine addresses: not nine confirmation mails, three (a day)."""
     app.config["CONFIRM_COOLDOWN"] = 0  # the per-mailbox budget alone, not the per-address cooldown
     with time_machine.travel(START, tick=False):
@@ -71,7 +72,7 @@ def test_dot_and_tag_variants_of_one_gmail_address_get_a_few_mails_a_day(client,
     assert len(outbox_rows(app)) == 3
 
 
-def test_a_stranger_sends_one_mailbox_at_most_three_mails_a_day(client, app, mailbox, own_queue):
+def test_a_stranger_sends_one_mailbox_at_most_three_mails_a_day(client, app, mailbox):
     """Signups and sign-in requests for a reader's address, from ever new IPs, for three days."""
     add_reader(app, "owner@example.org")
     with time_machine.travel(START, tick=False) as clock:
@@ -87,7 +88,7 @@ def test_a_stranger_sends_one_mailbox_at_most_three_mails_a_day(client, app, mai
     assert len(mailbox.to("owner@example.org")) == 9
 
 
-def test_a_spent_budget_never_locks_the_owner_out(client, app, mailbox, own_queue):
+def test_a_spent_budget_never_locks_the_owner_out(client, app, mailbox):
     """The stranger spends the budget; the owner still signs in at once from the inbox, and an hour later
     (the link expired) renews it from its own budget; signing in restores the anonymous budget."""
     add_reader(app, "owner@example.org")
@@ -117,7 +118,7 @@ def test_a_spent_budget_never_locks_the_owner_out(client, app, mailbox, own_queu
     assert strangers_mails == 3
 
 
-def test_renewals_have_a_budget_of_their_own(client, app, mailbox, own_queue):
+def test_renewals_have_a_budget_of_their_own(client, app, mailbox):
     add_reader(app, "renewer@example.org")
     with time_machine.travel(START, tick=False) as clock:
         ask_for_signin(client, "renewer@example.org", "192.0.2.1")
@@ -130,7 +131,7 @@ def test_renewals_have_a_budget_of_their_own(client, app, mailbox, own_queue):
         assert drain(app) == 5  # RENEW_RATE_LIMIT 5/day
 
 
-def test_a_signin_request_costs_the_same_for_every_address(client, app, own_queue):
+def test_a_signin_request_costs_the_same_for_every_address(client, app):
     """The request path writes one row and publishes one message whether the address is a reader's, a
     pending one, one that left, or unknown: the statements and messages are the same, and so is the answer."""
     app.extensions["page_memory"].seconds = 0  # the page's settings read on every request, not now and then
@@ -158,7 +159,7 @@ def test_a_signin_request_costs_the_same_for_every_address(client, app, own_queu
     assert all(set(row.data) == {"next"} for row in outbox_rows(app))  # no address is left in any row
 
 
-def test_requests_never_answered_do_not_keep_the_address(app, own_queue):
+def test_requests_never_answered_do_not_keep_the_address(app):
     with time_machine.travel(START, tick=False) as clock:
         with app.app_context():
             outbox.commit_and_dispatch([outbox.add_signin_request("forgotten@example.org", "/")])
