@@ -20,6 +20,7 @@ from ..extensions import csrf, limiter
 from ..publishing import publication
 from ..readers import abuse, access, subscriptions
 from ..readers.addresses import safe_next
+from . import bodies
 from .headers import allow_framing, private
 
 bp = Blueprint("account", __name__)
@@ -159,10 +160,7 @@ def reader_context():
 def _fields() -> dict:
     if not request.is_json:
         return request.form.to_dict()
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ValidationError("The body must be a JSON object.", field="body")
-    return body
+    return bodies.json_object()
 
 
 def _signup(fields: dict) -> subscriptions.Signup:
