@@ -97,7 +97,8 @@ SCHEMAS: dict = {
     "Settings": {"type": "object", "additionalProperties": False, "properties": {
         "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S"}, "default_frequency": {"type": "string", "enum": ["daily", "weekly"]},
         "send_hour": {"type": "integer", "minimum": 0, "maximum": 23}, "send_weekday": {"type": "integer", "minimum": 0, "maximum": 6},
-        "timezone": {"type": "string", "description": "an IANA time zone name, e.g. Europe/Paris"}, "teaser_words": {"type": "integer", "minimum": 10, "maximum": 2000},
+        "timezone": {"type": "string", "description": "an IANA time zone name, e.g. Europe/Paris"},
+        "teaser_words": {"type": "integer", "minimum": 10, "maximum": 2000},
         "blocked_domains": {"type": "array", "items": {"type": "string"}}}},
     "Subscriber": {"type": "object", "properties": {
         "id": {"type": "integer"}, "email": {"type": "string", "format": "email"}, "name": {"type": "string"},
