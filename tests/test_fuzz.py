@@ -76,6 +76,17 @@ def test_public_forms_never_fail_on_any_fields(public, fields, path):
 
 
 @FUZZ
+@given(fields=st.fixed_dictionaries({"action": st.sampled_from(["save", "export"]) | _text},
+                                    optional={"name": _text, "frequency": _text, "confirm": _text}))
+def test_the_account_form_never_fails_on_any_fields(public, app, fields):
+    if "reader" not in public.__dict__:
+        from .test_account import signed_in
+
+        public.reader = signed_in(public, app, "fuzz@example.org")
+    _no_server_error(public.reader.account_post(**fields))
+
+
+@FUZZ
 @given(body=_json_fields | _json_value, accept=st.sampled_from(["application/json", "text/html"]))
 def test_subscribe_never_fails_on_any_json(public, body, accept):
     _no_server_error(public.post("/subscribe", json=body, headers={"Accept": accept}))
