@@ -42,14 +42,20 @@ def add_post(title: str, path: Path, visibility: str, slug: str | None, publish:
         raise click.ClickException(error.message) from None
     state = "published" if post.published else "draft"
     click.echo(f"{state}: {current_app.config['BASE_URL']}/p/{post.slug}")
+    warning = posts.teaser_warning(post)
+    if warning:
+        click.echo(f"warning: {warning}", err=True)
 
 
 @posts_group.command("list")
 def list_posts():
-    """One line a post: state, visibility, slug, title."""
+    """One line a post: state, visibility, slug, title; a warning line under a gated post whose teaser is most of it."""
     for post in posts.every():
         state = post.published_at.date().isoformat() if post.published_at else "draft"
         click.echo(f"{state:<10}  {post.visibility:<11}  {post.slug}  {post.title}")
+        warning = posts.teaser_warning(post)
+        if warning:
+            click.echo(f"{'':<10}  warning: {warning}")
 
 
 @click.group("subscribers", cls=AppGroup, help="Import and export the subscriber list as CSV.")

@@ -50,7 +50,12 @@ def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str
         "PUBLICATION_NAME": _env("PUBLICATION_NAME", "The Slow Harbour"),
         "EMBED_ORIGINS": _split(_env("EMBED_ORIGINS", "")),
         "SIGNUP_RATE_LIMIT": _env("SIGNUP_RATE_LIMIT", "10/minute;100/hour"),
-        "ADDRESS_RATE_LIMIT": _env("ADDRESS_RATE_LIMIT", "5/hour;20/day"),
+        # Mails (not requests) one mailbox may get a day from anonymous signup and sign-in requests, and
+        # from renewals of its own expired links (README "Rate limits").
+        "ADDRESS_RATE_LIMIT": _env("ADDRESS_RATE_LIMIT", "3/day"),
+        "RENEW_RATE_LIMIT": _env("RENEW_RATE_LIMIT", "5/day"),
+        # Keeps the limits of installations (or test runs) that share one Redis apart.
+        "RATELIMIT_KEY_PREFIX": _env("RATE_LIMIT_PREFIX", "kr"),
         "CONFIRM_COOLDOWN": int(_env("CONFIRM_COOLDOWN", "600")),
         "PROXY_COUNT": int(_env("PROXY_COUNT", "0")),
         "UNSUBSCRIBE_MAILTO": _env("UNSUBSCRIBE_MAILTO"),

@@ -1,8 +1,14 @@
 """Domain errors, and the one handler that maps them to HTTP as HTML or JSON."""
 from __future__ import annotations
 
+import math
+import time
+from datetime import datetime, timedelta, timezone
+
 from flask import Flask, g, jsonify, render_template, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, TooManyRequests
+
+from .extensions import limiter
 
 
 class DomainError(Exception):
@@ -42,6 +48,7 @@ class InvalidToken(DomainError):
 
     status = 400
     code = "invalid_token"
+    template = "invalid_link.html"  # with the form that gets a new one
 
     def __init__(self, purpose: str = ""):
         super().__init__()
@@ -66,6 +73,22 @@ def wants_json() -> bool:
     return best == "application/json" and request.accept_mimetypes[best] > request.accept_mimetypes["text/html"]
 
 
+def clock_time(seconds_from_now: float) -> str:
+    """When, in words a reader anywhere can use: "09:41 UTC" (rounded up to the minute)."""
+    moment = datetime.now(timezone.utc) + timedelta(seconds=seconds_from_now)
+    if moment.second or moment.microsecond:
+        moment = moment.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return moment.strftime("%H:%M UTC")
+
+
+def retry_after() -> int:
+    """Seconds until the limit this request ran into lets the next one through."""
+    current = limiter.current_limit
+    if current is None:
+        return 60
+    return max(1, math.ceil(current.window[0] - time.time()))  # window[0]: when it resets (reset_at rounds up)
+
+
 def show_form_errors_on(template: str, **context) -> None:
     """A field error in this request is shown next to its field on `template` (HTML answers only)."""
     g.form_page = (template, context)
@@ -83,6 +106,20 @@ def register(app: Flask) -> None:
             template, context = g.form_page
             return render_template(template, error=error, form=request.form, **context), error.status
         return render_template(error.template, error=error), error.status
+
+    @app.errorhandler(TooManyRequests)
+    def too_many_requests(error: TooManyRequests):
+        seconds = retry_after()
+        minutes = max(1, math.ceil(seconds / 60))
+        message = (f"Too many tries from your network for now. Please try again after {clock_time(seconds)} "
+                   f"(in {minutes} minute{'s' if minutes != 1 else ''}).")
+        if wants_json():
+            response = jsonify(error="too_many_requests", message=message, retry_after=seconds)
+        else:
+            response = app.make_response(render_template("try_later.html", message=message))
+        response.status_code = 429
+        response.headers["Retry-After"] = str(seconds)
+        return response
 
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException):

@@ -20,6 +20,14 @@ def send_outbox_email(outbox_id: int) -> bool:
     return outbox.send(outbox_id)
 
 
+@shared_task(name="service.tasks.answer_signin_request")
+def answer_signin_request(outbox_id: int) -> bool:
+    """Decide in the background what a sign-in request gets (a link, a confirmation, nothing) and send it."""
+    from .readers import subscriptions
+
+    return subscriptions.answer_signin_request(outbox_id)
+
+
 @shared_task(name="service.tasks.flush_outbox")
 def flush_outbox() -> int:
     """Beat: queue again the outbox emails a broker outage or an SMTP failure left unsent."""

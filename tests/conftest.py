@@ -113,6 +113,8 @@ def backend(request, tmp_path_factory, mailbox_server):
         "KEEPREADING_BASE_URL": BASE_URL,
         "KEEPREADING_SMTP_URL": mailbox_server.url,
         "KEEPREADING_CELERY_QUEUE": f"kr-test-{os.getpid()}-{request.param}",
+        # The worker's per-mailbox budgets in Redis, apart from other runs' (each test's app has its own prefix).
+        "KEEPREADING_RATE_LIMIT_PREFIX": f"kr-test-{os.getpid()}-{request.param}-{time.time_ns()}",
     }
     database_url = None
     if request.param == "sqlite":

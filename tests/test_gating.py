@@ -131,3 +131,35 @@ def test_drafts_are_not_served(client, admin):
     admin.post("/posts", json={"title": "Draft", "body": "unfinished", "visibility": "public"})
     assert client.get("/p/draft").status_code == 404
     assert b"unfinished" not in client.get("/feed.xml").data
+
+
+SHORT_OPENING = "A short note that opens plainly"
+SHORT_ENDING = "and closes with the harbour master's confession"
+
+
+def test_a_short_gated_post_keeps_its_ending_from_every_anonymous_channel(client, admin, runner):
+    """Issue 9.6: shorter than the word budget and without <!--more-->, still only a teaser."""
+    post = admin.publish(title="Short and gated", body=f"{SHORT_OPENING}.\n\nThen, {SHORT_ENDING}.")
+    for path in ("/", "/feed.xml", f"/p/{post['slug']}"):
+        page = client.get(path).get_data(as_text=True)
+        assert SHORT_OPENING in page and SHORT_ENDING not in page, path
+    assert post["teaser_warning"] is None
+    single = admin.publish(title="One paragraph", body=f"{SHORT_OPENING} {SHORT_ENDING}.")
+    page = client.get(f"/p/{single['slug']}").get_data(as_text=True)
+    assert "A short note" in page and "confession" not in page
+    public = admin.patch(f"/posts/{single['slug']}", json={"visibility": "public"}).get_json()
+    assert "confession" in client.get(f"/p/{public['slug']}").get_data(as_text=True)
+
+
+def test_api_and_cli_say_when_a_gated_teaser_is_most_of_the_post(client, admin, runner, tmp_path):
+    body = f"{SHORT_OPENING} {SHORT_ENDING}, at length.\n\n<!--more-->\n\nBye."
+    late = admin.publish(title="Late marker", body=body)
+    assert "teaser shows 9" in late["teaser_warning"]
+    assert admin.get(f"/posts/{late['slug']}").get_json()["teaser_warning"] == late["teaser_warning"]
+    assert admin.publish(title="Open late marker", body=body, visibility="public")["teaser_warning"] is None
+    source = tmp_path / "late.md"
+    source.write_text(body, encoding="utf-8")
+    added = runner.invoke(args=["posts", "add", "--title", "From the CLI", "--file", str(source)])
+    assert added.exit_code == 0 and "warning: The teaser shows" in added.stderr
+    listed = runner.invoke(args=["posts", "list"]).output.splitlines()
+    assert sum("warning: The teaser shows" in line for line in listed) == 2

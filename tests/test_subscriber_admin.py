@@ -98,3 +98,38 @@ def test_cli_import_and_export(runner, app, tmp_path):
 def test_openapi_describes_the_subscriber_routes(client):
     paths = client.get("/api/v1/openapi.json").get_json()["paths"]
     assert "get" in paths["/subscribers"] and "post" in paths["/subscribers/import"]
+
+
+FORMULA_ROWS = (
+    "email,name,status\n"
+    "=cmd|x!A0@example.org,Plain,confirmed\n"
+    "+1-555@example.org,-2+3,pending\n"
+    "-minus@example.org,@SUM(A1),confirmed\n"
+    "quote@example.org,'=already quoted,confirmed\n"
+)
+
+
+def test_every_exported_cell_is_defused_and_an_export_reimports_as_the_same_addresses(admin, app, backend):
+    assert admin.post("/subscribers/import", data=FORMULA_ROWS, content_type="text/csv").get_json()["imported"] == 4
+    exported = admin.get("/subscribers?format=csv").get_data(as_text=True)
+    rows = list(csv.reader(io.StringIO(exported)))[1:]
+    assert len(rows) == 4
+    for row in rows:
+        for cell in row:
+            assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), row
+    assert ["'=cmd|x!a0@example.org", "Plain"] == rows[0][:2]
+    before = {(row.email, row.name, row.status) for row in _all_subscribers(app)}
+    with app.app_context():
+        backend.clean()
+    report = admin.post("/subscribers/import", data=exported, content_type="text/csv").get_json()
+    assert report == {"imported": 4, "unchanged": 0, "errors": []}
+    assert {(row.email, row.name, row.status) for row in _all_subscribers(app)} == before
+    # An apostrophe before a formula character is the spreadsheet's own escape: it is read as one.
+    assert ("quote@example.org", "=already quoted", "confirmed") in before
+
+
+def _all_subscribers(app) -> list[Subscriber]:
+    with app.app_context():
+        rows = list(db.session.scalars(select(Subscriber)))
+        db.session.expunge_all()
+        return rows

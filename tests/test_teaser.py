@@ -126,3 +126,38 @@ def test_teasers_are_always_well_formed_and_within_budget(blocks, budget):
         assert kept > 0
     teaser_words = content.plain_text(teaser).replace("…", "").split()
     assert teaser_words == content.plain_text(full).split()[: len(teaser_words)]
+
+
+def test_a_short_gated_post_is_never_shown_whole():
+    """Issue 9.6: a subscribers-only post under the word budget, without <!--more-->, kept half back."""
+    one_paragraph = f"{words(40)}"
+    assert content.teaser(one_paragraph, 120) == f"<p>{words(40)}</p>"  # a public post: whole
+    gated = content.teaser(one_paragraph, 120, gated=True)
+    assert content.word_count(gated) == 20 and "w19" in gated and "w20" not in gated
+    three = f"{words(10)}\n\n{words(10, 10)}\n\n{words(10, 20)}"
+    assert "w29" not in content.teaser(three, 120, gated=True)
+    assert content.teaser("<!--more-->", 120, gated=True) == ""
+    assert content.teaser(f"{words(8)}\n\n<!--more-->", 120, gated=True) == "<p>w0 w1 w2 w3…</p>"
+    assert content.teaser(f"{words(8)}\n\n<!--more-->\n\n{words(2, 8)}", 120, gated=True) == f"<p>{words(8)}</p>"
+
+
+@settings(max_examples=300, deadline=None)
+@given(blocks=st.lists(_block, min_size=1, max_size=12), budget=st.integers(min_value=1, max_value=200),
+       marker_at=st.none() | st.integers(min_value=0, max_value=12))
+def test_a_gated_teaser_always_holds_part_of_the_post_back(blocks, budget, marker_at):
+    if marker_at is not None:
+        blocks = [*blocks[:marker_at], "<!--more-->", *blocks[marker_at:]]
+    body = "\n\n".join(blocks)
+    before, marker, after = body.partition("<!--more-->")
+    full = content.render(body)
+    teaser = content.teaser(body, budget, gated=True)
+    assert_well_formed(teaser)
+    total, kept = content.word_count(full), content.word_count(teaser)
+    teaser_words = content.plain_text(teaser).replace("…", "").split()
+    assert teaser_words == content.plain_text(full).split()[: len(teaser_words)]
+    if full:
+        assert teaser != full
+    if total:
+        assert kept < total and content.shown_share(teaser, full) < 1
+    if not marker or not content.word_count(content.render(after)):
+        assert kept <= min(budget, total // 2)  # no marker (or nothing after it): at most half

@@ -2,6 +2,10 @@
 
 The row is written in the same transaction as the change that needs the mail, and the task is queued only
 after that commit. If the broker is down the row waits, and the `flush_outbox` beat task queues it again.
+
+A sign-in request is a row too (kind `signin_request`, the typed address in `data`, no subscriber): the
+request path writes the same row whatever the address, and the worker decides what it becomes (a sign-in
+link, a confirmation, or nothing) with `claim_request`, then `become` or `forget`, so the address leaves it.
 """
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import smtplib
 from datetime import timedelta
 
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import delete, or_, select, update
 
 from .. import tokens
 from ..extensions import db
@@ -20,6 +24,8 @@ from . import links, mailer, transports
 
 log = logging.getLogger(__name__)
 SEND_TASK = "service.tasks.send_outbox_email"
+SIGNIN_REQUEST = "signin_request"
+TASKS = {SIGNIN_REQUEST: "service.tasks.answer_signin_request"}  # kinds another task handles before any send
 LEASE = timedelta(minutes=5)
 FIRST_TRY_GRACE = timedelta(minutes=2)  # a new row's own task may still be queued
 STALE_AFTER = timedelta(days=1)  # a day-old confirmation email would only confuse
@@ -54,22 +60,29 @@ def add_for_staff(kind: str, staff: Staff) -> OutboxEmail:
     return email
 
 
+def add_signin_request(email: str, next_url: str) -> OutboxEmail:
+    """Stage a sign-in request for the worker to answer: the same row, whoever the address belongs to."""
+    request = OutboxEmail(kind=SIGNIN_REQUEST, subscriber_id=None, data={"email": email, "next": next_url})
+    db.session.add(request)
+    return request
+
+
 def commit_and_dispatch(emails: list[OutboxEmail]) -> None:
     """Commit the caller's transaction, then queue a send task for each staged email."""
     db.session.flush()
-    ids = [email.id for email in emails]  # read before the commit expires them
+    staged = [(email.id, email.kind) for email in emails]  # read before the commit expires them
     db.session.commit()
-    for outbox_id in ids:
-        enqueue(outbox_id)
+    for outbox_id, kind in staged:
+        enqueue(outbox_id, kind)
 
 
-def enqueue(outbox_id: int) -> None:
-    """Queue the send task; a broker failure is logged and noted on the row, never raised."""
+def enqueue(outbox_id: int, kind: str | None = None) -> None:
+    """Queue the row's task; a broker failure is logged and noted on the row, never raised."""
     celery = current_app.extensions["celery"]
     try:
         # A pooled connection, no publish retries, and connection attempts bounded by the broker's
         # transport options: during an outage a signup must not wait on the broker (the row is safe).
-        celery.send_task(SEND_TASK, args=[outbox_id], retry=False)
+        celery.send_task(TASKS.get(kind or "", SEND_TASK), args=[outbox_id], retry=False)
     except Exception as error:  # kombu raises many kinds of errors for an unreachable broker
         log.warning("could not queue outbox email %s (flush_outbox will): %s", outbox_id, error)
         _note(outbox_id, f"not queued: {type(error).__name__}")
@@ -94,21 +107,45 @@ def send(outbox_id: int) -> bool:
     return True
 
 
+def claim_request(outbox_id: int) -> OutboxEmail | None:
+    """Lease a sign-in request to answer; None when it is answered already or another worker has it."""
+    return _claim(outbox_id, OutboxEmail.kind == SIGNIN_REQUEST)
+
+
+def become(request: OutboxEmail, kind: str, subscriber: Subscriber, **data) -> None:
+    """The answer to a request is this email: the row turns into it, and the typed address leaves it."""
+    if kind not in SUBJECTS:
+        raise ValueError(f"unknown email kind {kind!r}")
+    request.kind, request.subscriber_id, request.data = kind, subscriber.id, data
+    request.lease_until, request.attempts, request.error = None, 0, None
+
+
+def forget(request: OutboxEmail) -> None:
+    """A request that needs no email: the row, and the address it held, go."""
+    db.session.delete(request)
+
+
 def flush() -> int:
-    """Queue every unsent row that is due again (never queued, failed for a while, or lease expired)."""
+    """Queue every unsent row that is due again (never queued, failed for a while, or lease expired);
+    drop sign-in requests that were never answered in time, with the addresses they hold."""
     now = utcnow()
-    due = select(OutboxEmail.id).where(
+    db.session.execute(delete(OutboxEmail).where(
+        OutboxEmail.kind == SIGNIN_REQUEST,
+        or_(OutboxEmail.created_at <= now - STALE_AFTER, OutboxEmail.attempts >= MAX_ATTEMPTS),
+    ).execution_options(synchronize_session=False))
+    db.session.commit()
+    due = select(OutboxEmail.id, OutboxEmail.kind).where(
         OutboxEmail.sent_at.is_(None),
         OutboxEmail.attempts < MAX_ATTEMPTS,
         OutboxEmail.created_at > now - STALE_AFTER,
         or_(OutboxEmail.lease_until.is_(None), OutboxEmail.lease_until < now),
         or_(OutboxEmail.error.is_not(None), OutboxEmail.created_at < now - FIRST_TRY_GRACE),
     )
-    ids = list(db.session.scalars(due.order_by(OutboxEmail.id).limit(1000)))
+    rows = list(db.session.execute(due.order_by(OutboxEmail.id).limit(1000)))
     db.session.rollback()
-    for outbox_id in ids:
-        enqueue(outbox_id)
-    return len(ids)
+    for outbox_id, kind in rows:
+        enqueue(outbox_id, kind)
+    return len(rows)
 
 
 def _message(email: OutboxEmail):
@@ -169,12 +206,14 @@ def _action_url(email: OutboxEmail, subscriber: Subscriber) -> str | None:
     return links.external(endpoint, token=tokens.make(email.kind, subscriber.id, subscriber.email, next_url))
 
 
-def _claim(outbox_id: int) -> OutboxEmail | None:
-    """An atomic lease: of two workers given the same row, one sends; a dead worker's lease runs out."""
+def _claim(outbox_id: int, kind_is=None) -> OutboxEmail | None:
+    """An atomic lease: of two workers given the same row, one sends; a dead worker's lease runs out.
+    Only rows of `kind_is` (default: emails, never a request still to answer)."""
     now = utcnow()
     claimed = db.session.execute(
         update(OutboxEmail)
         .where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None), OutboxEmail.attempts < MAX_ATTEMPTS,
+               OutboxEmail.kind != SIGNIN_REQUEST if kind_is is None else kind_is,
                or_(OutboxEmail.lease_until.is_(None), OutboxEmail.lease_until < now))
         .values(lease_until=now + LEASE, attempts=OutboxEmail.attempts + 1)
         .execution_options(synchronize_session=False)

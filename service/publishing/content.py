@@ -31,20 +31,32 @@ def sanitise(html: str) -> str:
     ).strip()
 
 
-def teaser(markdown: str, word_budget: int) -> str:
-    """The content before <!--more-->, else the leading blocks within the word budget."""
-    if MORE_MARKER in markdown:
-        return render(markdown.split(MORE_MARKER, 1)[0])
-    return cut_to_words(render(markdown), word_budget)
+def teaser(markdown: str, word_budget: int, gated: bool = False) -> str:
+    """The content before <!--more-->, else the leading blocks within the word budget.
+
+    A gated post's teaser always holds part of the post back, however short it is: at most half of its
+    words, and never its last block (a marker with no words after it counts as no marker)."""
+    before, marker, after = markdown.partition(MORE_MARKER)
+    if marker and not (gated and word_count(render(after)) == 0):
+        return render(before)
+    html = render(markdown)
+    if not gated:
+        return cut_to_words(html, word_budget)
+    return cut_to_words(html, min(word_budget, word_count(html) // 2), keep_last=False)
 
 
-def cut_to_words(html: str, budget: int) -> str:
-    """Whole top-level blocks while they fit; a first block that alone overflows is cut at a word."""
+def cut_to_words(html: str, budget: int, keep_last: bool = True) -> str:
+    """Whole top-level blocks while they fit; a first block that alone overflows is cut at a word.
+    With keep_last=False the last block is never shown whole (a single block is cut inside)."""
     blocks = _Blocks.split(html)
+    if not keep_last and len(blocks) > 1:
+        blocks = blocks[:-1]
+    elif not keep_last and blocks and blocks[0][1] <= budget:
+        return ""  # one block that would fit whole: nothing can be shown without showing it all
     kept, words = [], 0
     for block_html, block_words in blocks:
         if words + block_words > budget:
-            if words == 0:  # nothing to read yet: cut inside this block rather than show no text
+            if words == 0 and budget > 0:  # nothing to read yet: cut inside this block rather than show no text
                 kept.append(_truncate_block(block_html, budget))
             break
         kept.append(block_html)
@@ -54,6 +66,12 @@ def cut_to_words(html: str, budget: int) -> str:
 
 def word_count(html: str) -> int:
     return sum(count for _, count in _Blocks.split(html))
+
+
+def shown_share(teaser_html: str, body_html: str) -> float:
+    """How much of the post its teaser shows, by words (1.0 for a post with no words)."""
+    total = word_count(body_html)
+    return word_count(teaser_html) / total if total else 1.0
 
 
 def plain_text(html: str) -> str:

@@ -14,6 +14,7 @@ from . import content, publication
 
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 FIELDS = {"title", "body", "visibility", "published", "slug", "scheduled_at"}
+TEASER_WARNING_SHARE = 0.5  # a gated teaser past half of the words is "most of it"
 
 
 def create(title, body, visibility="subscribers", published=False, slug=None) -> Post:
@@ -47,7 +48,7 @@ def update(slug: str, changes: dict) -> Post:
         fields["scheduled_at"] = _schedule_time(changes["scheduled_at"])
     for name, value in fields.items():
         setattr(post, name, value)
-    if "body" in fields:
+    if "body" in fields or "visibility" in fields:
         _render(post)
     if post.published and post.published_at is None:
         publication.lock()
@@ -133,9 +134,18 @@ def recut_teasers() -> None:
     db.session.commit()
 
 
+def teaser_warning(post: Post) -> str | None:
+    """Said to the publisher when a subscriber-only post's teaser gives most of it away (a late <!--more-->)."""
+    share = content.shown_share(post.teaser_html, post.body_html)
+    if not post.is_gated or share <= TEASER_WARNING_SHARE:
+        return None
+    return (f"The teaser shows {share:.0%} of this subscriber-only post to everyone; "
+            "move <!--more--> earlier to keep more of it for subscribers.")
+
+
 def _render(post: Post) -> None:
     post.body_html = content.render(post.body)
-    post.teaser_html = content.teaser(post.body, publication.settings().teaser_words)
+    post.teaser_html = content.teaser(post.body, publication.settings().teaser_words, gated=post.is_gated)
 
 
 def _validated(values: dict, required: tuple[str, ...] = ()) -> dict:

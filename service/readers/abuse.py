@@ -25,17 +25,37 @@ def honeypot_filled(fields) -> bool:
     return bool(str(fields.get(HONEYPOT_FIELD) or "").strip())
 
 
-def address_allowed(email: str) -> bool:
-    """Count one more request for this mailbox from anywhere; False once ADDRESS_RATE_LIMIT is spent."""
-    items = parse_many(current_app.config["ADDRESS_RATE_LIMIT"])
-    key = (current_app.config.get("RATELIMIT_KEY_PREFIX") or "kr", "address", mailbox_key(email))
+def spend_anonymous_mail(email: str) -> bool:
+    """One mail to this mailbox on behalf of someone who has not proven it: False once ADDRESS_RATE_LIMIT
+    (mails, not requests; every spelling of the mailbox together) is spent."""
+    return _spend("ADDRESS_RATE_LIMIT", "mail", email)
+
+
+def spend_renewal_mail(email: str) -> bool:
+    """A fresh link for the holder of an older one (the mailbox is proven): a budget of its own, RENEW_RATE_LIMIT,
+    that no stranger can spend, so a spent anonymous budget never keeps the owner from a working link."""
+    return _spend("RENEW_RATE_LIMIT", "renew", email)
+
+
+def mailbox_proven(email: str) -> None:
+    """The owner followed a link from this mailbox: its anonymous budget starts again."""
+    for item in parse_many(current_app.config["ADDRESS_RATE_LIMIT"]):
+        limiter.limiter.clear(item, *_key("mail", email))
+
+
+def _spend(setting: str, scope: str, email: str) -> bool:
+    items, key = parse_many(current_app.config[setting]), _key(scope, email)
     strategy = limiter.limiter
-    if not all(strategy.test(item, *key) for item in items):
-        log.info("address rate limit reached for a signup or sign-in request")
+    # test() first so a spent daily budget leaves the hourly one alone; hit() has the last word (at a
+    # window's edge the storage's test and hit can disagree by an instant).
+    if not all(strategy.test(item, *key) for item in items) or not all([strategy.hit(item, *key) for item in items]):
+        log.info("per-mailbox %s budget spent: no mail", scope)
         return False
-    for item in items:
-        strategy.hit(item, *key)
     return True
+
+
+def _key(scope: str, email: str) -> tuple[str, str, str]:
+    return (current_app.config.get("RATELIMIT_KEY_PREFIX") or "kr", scope, mailbox_key(email))
 
 
 def ensure_domain_allowed(email: str) -> None:

@@ -24,10 +24,18 @@ def normalise_email(value) -> str:
     return f"{checked.local_part}@{checked.ascii_domain}".lower()
 
 
+# Providers that deliver every dot variant of a local part to one mailbox (a.b@ and ab@ are one person).
+DOTLESS_DOMAINS = {"gmail.com": "gmail.com", "googlemail.com": "gmail.com"}
+
+
 def mailbox_key(email: str) -> str:
-    """The address without a +tag: what a per-address limit counts, so tags do not multiply the mail."""
-    local, _, domain = email.partition("@")
-    return f"{local.split('+', 1)[0]}@{domain}"
+    """The mailbox a (normalised) address reaches: no +tag anywhere, and at Gmail no dots and one domain.
+    What a per-mailbox limit counts, so spellings of one inbox do not multiply the mail it gets."""
+    local, _, domain = email.lower().rpartition("@")
+    local = local.split("+", 1)[0]
+    if domain in DOTLESS_DOMAINS:
+        local, domain = local.replace(".", ""), DOTLESS_DOMAINS[domain]
+    return f"{local}@{domain}"
 
 
 def one_line(value, field: str, limit: int | None = None) -> str:

@@ -16,7 +16,8 @@ from .addresses import clean_name, normalise_email
 
 COLUMNS = ["email", "name", "status", "subscribed_at"]
 IMPORTABLE = ("confirmed", "pending", "unsubscribed", "bounced")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
 
 @dataclass
@@ -30,13 +31,14 @@ class ImportReport:
 
 
 def export(stream) -> int:
-    """Write every subscriber but the erased; cells that a spreadsheet would run as formulas are quoted."""
+    """Write every subscriber but the erased; every cell that a spreadsheet would run as a formula is quoted."""
     writer = csv.writer(stream)
     writer.writerow(COLUMNS)
     count = 0
     for subscriber in db.session.scalars(select(Subscriber).order_by(Subscriber.id)):
         subscribed_at = subscriber.consent_at or subscriber.created_at
-        writer.writerow([subscriber.email, _inert(subscriber.name), subscriber.status, subscribed_at.isoformat()])
+        cells = [subscriber.email, subscriber.name, subscriber.status, subscribed_at.isoformat()]
+        writer.writerow([_inert(cell) for cell in cells])
         count += 1
     return count
 
@@ -54,7 +56,8 @@ def import_text(text: str) -> ImportReport:
         raise ValidationError("the CSV needs a header row with at least an 'email' column", field="file")
     report = ImportReport()
     for row in reader:
-        _import_row({(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if k}, reader.line_num, report)
+        cells = {(k or "").strip().lower(): _restored((v or "").strip()) for k, v in row.items() if k}
+        _import_row(cells, reader.line_num, report)
     db.session.commit()
     return report
 
@@ -92,4 +95,15 @@ def _moment(value: str) -> datetime:
 
 
 def _inert(value: str) -> str:
-    return "'" + value if value.startswith(_FORMULA_START) else value
+    """A leading apostrophe makes the cell text. Values that already start with apostrophes before a formula
+    character get one more, so that `_restored` can take exactly one away again: export and import round-trip."""
+    return "'" + value if _needs_quote(value) else value
+
+
+def _restored(value: str) -> str:
+    """The value `_inert` quoted, as it was (so an exported address imports as the same address)."""
+    return value[1:] if value.startswith("'") and _needs_quote(value[1:]) else value
+
+
+def _needs_quote(value: str) -> bool:
+    return value.lstrip("'").startswith(_FORMULA_START)

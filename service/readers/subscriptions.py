@@ -55,27 +55,41 @@ def subscribe(signup: Signup) -> None:
     email, name = normalise_email(signup.email), clean_name(signup.name)
     next_url = _next(signup.next_url)
     abuse.ensure_domain_allowed(email)
-    if not abuse.address_allowed(email):
-        return
     subscriber = _find_or_add(email, name)
     mail = _mail_for_signup(subscriber, next_url, signup)
     outbox.commit_and_dispatch(mail)
 
 
 def request_signin(email: object, next_url: object = "/", honeypot: bool = False) -> None:
-    """Mail a sign-in link to a reader, or a new confirmation to a pending one; nothing for anyone else."""
+    """Queue the request for the worker (`answer_signin_request`). The request does the same work whatever
+    the address: one row written, one task queued, no lookup, so its timing tells nobody who subscribed."""
     if honeypot:
         return
     email, next_url = normalise_email(email), _next(next_url)
-    if not abuse.address_allowed(email):
-        return
+    outbox.commit_and_dispatch([outbox.add_signin_request(email, next_url)])
+
+
+def answer_signin_request(outbox_id: int) -> bool:
+    """In the worker: mail a sign-in link to a reader, or a new confirmation to a pending one (within the
+    mailbox's anonymous budget), nothing to anyone else. True when a mail went out."""
+    request = outbox.claim_request(outbox_id)
+    if request is None:
+        return False
+    email, next_url = request.data.get("email") or "", request.data.get("next") or "/"
     subscriber = find(email)
-    mail = _mail_for_signin(subscriber, next_url) if subscriber else []
-    outbox.commit_and_dispatch(mail)
+    kind = _signin_mail_kind(subscriber) if subscriber else None
+    if kind is None or not abuse.spend_anonymous_mail(email):
+        outbox.forget(request)
+        db.session.commit()
+        return False
+    outbox.become(request, kind, subscriber, next=next_url)
+    db.session.commit()
+    return outbox.send(outbox_id)
 
 
 def renew_link(purpose: str, token: str) -> None:
-    """An expired confirm or sign-in link still proves the mailbox: send a fresh one."""
+    """An expired confirm or sign-in link still proves the mailbox: a fresh one, from the budget of renewals
+    (which no stranger can spend) rather than the anonymous one."""
     try:
         payload = tokens.verify(purpose, token)
     except TokenExpired as expired:
@@ -83,11 +97,15 @@ def renew_link(purpose: str, token: str) -> None:
     if not isinstance(payload, list) or len(payload) < 2 or not isinstance(payload[0], int):
         raise InvalidToken(purpose)
     subscriber = _holder(purpose, payload)
-    request_signin(subscriber.email, payload[2] if len(payload) > 2 else "/")
+    kind = _renewed_kind(subscriber)
+    mail = []
+    if kind is not None and abuse.spend_renewal_mail(subscriber.email):
+        mail = [outbox.add(kind, subscriber, next=_next_from(payload))]
+    outbox.commit_and_dispatch(mail)
 
 
 def _mail_for_signup(subscriber: Subscriber, next_url: str, signup: Signup) -> list[OutboxEmail]:
-    if not _claim_cooldown(subscriber):
+    if not _claim_cooldown(subscriber) or not abuse.spend_anonymous_mail(subscriber.email):
         return []
     if subscriber.status in READING_STATUSES:
         return [outbox.add("signin", subscriber, next=next_url)]
@@ -95,12 +113,18 @@ def _mail_for_signup(subscriber: Subscriber, next_url: str, signup: Signup) -> l
     return [outbox.add("confirm", subscriber, next=next_url)]
 
 
-def _mail_for_signin(subscriber: Subscriber, next_url: str) -> list[OutboxEmail]:
+def _signin_mail_kind(subscriber: Subscriber) -> str | None:
     if subscriber.status in READING_STATUSES:
-        return [outbox.add("signin", subscriber, next=next_url)]
+        return "signin"
     if subscriber.status == "pending" and _claim_cooldown(subscriber):
-        return [outbox.add("confirm", subscriber, next=next_url)]
-    return []
+        return "confirm"
+    return None
+
+
+def _renewed_kind(subscriber: Subscriber) -> str | None:
+    if subscriber.status in READING_STATUSES:
+        return "signin"
+    return "confirm" if subscriber.status == "pending" else None
 
 
 def _find_or_add(email: str, name: str) -> Subscriber:
@@ -155,12 +179,15 @@ def confirm(token: str) -> tuple[Subscriber, str]:
         _move(subscriber, "confirmed")
         mail = [outbox.add("welcome", subscriber)]
     outbox.commit_and_dispatch(mail)
+    abuse.mailbox_proven(subscriber.email)
     return subscriber, _next_from(payload)
 
 
 def sign_in(token: str) -> tuple[Subscriber, str]:
     payload = tokens.verify("signin", token)
-    return _holder("signin", payload), _next_from(payload)
+    subscriber = _holder("signin", payload)
+    abuse.mailbox_proven(subscriber.email)
+    return subscriber, _next_from(payload)
 
 
 def check_link(purpose: str, token: str) -> None:

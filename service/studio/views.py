@@ -227,7 +227,7 @@ def create_post():
 def edit_post(slug: str):
     post = posts.get(slug)
     return render_template("studio/editor.html", post=post, form={}, zone=publication.settings().timezone,
-                           teaser_warning=_teaser_warning(post))
+                           teaser_warning=posts.teaser_warning(post))
 
 
 @bp.post("/posts/<slug>")
@@ -250,7 +250,7 @@ def _editor_with_preview(post):
     form = request.form
     draft = posts.preview(form.get("title"), form.get("body"), form.get("visibility", "subscribers"), form.get("slug"))
     return render_template("studio/editor.html", post=post, form=form, preview=draft,
-                           zone=publication.settings().timezone, teaser_warning=_teaser_warning(draft))
+                           zone=publication.settings().timezone, teaser_warning=posts.teaser_warning(draft))
 
 
 @bp.post("/posts/<slug>/publish")
@@ -302,7 +302,7 @@ def delete_post(slug: str):
 @staff_required
 def anonymous_preview(slug: str):
     post = posts.get(slug)
-    return render_template("studio/anonymous.html", post=post, teaser_warning=_teaser_warning(post))
+    return render_template("studio/anonymous.html", post=post, teaser_warning=posts.teaser_warning(post))
 
 
 @bp.get("/posts/<slug>/preview/reader")
@@ -315,13 +315,6 @@ def anonymous_page(slug: str):
         post.published_at = post.updated_at = datetime.now(publication.zone())
     allow_framing()
     return article_page(post, None)
-
-
-def _teaser_warning(post):
-    # COORDINATOR: the one call site of the teaser rule from the "input" work; it shows once
-    # posts.teaser_warning(post) exists (text to show, or None). The studio computes nothing itself.
-    warning = getattr(posts, "teaser_warning", None)
-    return warning(post) if warning else None
 
 
 # --- digests ---

@@ -6,6 +6,7 @@ import json
 from flask import (
     Blueprint,
     Response,
+    current_app,
     flash,
     jsonify,
     make_response,
@@ -15,17 +16,36 @@ from flask import (
     url_for,
 )
 
-from ..errors import ValidationError, show_form_errors_on, wants_json
+from ..errors import DomainError, ValidationError, clock_time, show_form_errors_on, wants_json
 from ..extensions import csrf, limiter
 from ..publishing import publication
 from ..readers import abuse, access, subscriptions
-from ..readers.addresses import safe_next
+from ..readers.addresses import clean_name, safe_next
+from . import bodies
 from .headers import allow_framing, private
 
 bp = Blueprint("account", __name__)
 SUBSCRIBED = "Check your inbox to confirm your subscription."
 SIGNIN_SENT = "If that address is subscribed, a sign-in link is on its way. Check your inbox."
 signup_limit = limiter.shared_limit(abuse.signup_limit, scope="signup", methods=["POST"])
+# A reader's form may be larger than the app's body limit (a pasted novel in the name): read it, so the answer
+# names the field that is too long and keeps the rest, instead of a bare 413.
+FORM_MAX_BYTES = 256 * 1024
+FORM_ENDPOINTS = {"account.subscribe", "account.signin", "account.account_action"}
+
+
+@bp.url_value_preprocessor
+def _room_for_forms(endpoint, _values):
+    """Runs before every before_request hook (the CSRF check reads the form first)."""
+    if endpoint in FORM_ENDPOINTS:
+        request.max_content_length = FORM_MAX_BYTES
+
+
+def subscribed_message() -> str:
+    """The answer to every signup, the same words for every address: whether a mail went out now or the
+    cooldown held it back is not said, only when asking again can help."""
+    again = clock_time(current_app.config["CONFIRM_COOLDOWN"])
+    return f"{SUBSCRIBED} If you don't see it within a few minutes, you can ask again after {again}."
 
 
 @bp.post("/subscribe")
@@ -38,7 +58,7 @@ def subscribe():
         allow_framing()
     show_form_errors_on("embed.html" if embedded else "subscribe.html", next_url=safe_next(fields.get("next")))
     subscriptions.subscribe(_signup(fields))
-    return _answer(SUBSCRIBED, "embed.html" if embedded else "message.html", title="Check your inbox")
+    return _answer(subscribed_message(), "embed.html" if embedded else "message.html", title="Check your inbox")
 
 
 @bp.get("/confirm/<token>")
@@ -60,9 +80,9 @@ def signin_form():
 @bp.post("/signin")
 @signup_limit
 def signin():
-    show_form_errors_on("signin.html", next_url=safe_next(request.form.get("next")))
-    subscriptions.request_signin(request.form.get("email"), request.form.get("next") or "/",
-                                 abuse.honeypot_filled(request.form))
+    next_url = safe_next(request.form.get("next"))  # a hidden field: a bad one is the home page, not an error
+    show_form_errors_on("signin.html", next_url=next_url)
+    subscriptions.request_signin(request.form.get("email"), next_url, abuse.honeypot_filled(request.form))
     return _answer(SIGNIN_SENT, "message.html", title="Check your inbox")
 
 
@@ -159,22 +179,32 @@ def reader_context():
 def _fields() -> dict:
     if not request.is_json:
         return request.form.to_dict()
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ValidationError("The body must be a JSON object.", field="body")
-    return body
+    return bodies.json_object()
 
 
 def _signup(fields: dict) -> subscriptions.Signup:
+    name, next_url = fields.get("name") or "", fields.get("next") or "/"
+    if not request.is_json:
+        # A form shows its reader the email field only: what the reader cannot see cannot be what they must
+        # fix. A bad name is left out (it can be set on the account page), a bad next is the home page.
+        # JSON callers get every field's error by name.
+        name, next_url = _or_empty(clean_name, name), safe_next(next_url)
     return subscriptions.Signup(
         email=fields.get("email"),
-        name=fields.get("name") or "",
-        next_url=fields.get("next") or "/",
+        name=name,
+        next_url=next_url,
         source=fields.get("source") or request.referrer,
         ip=request.remote_addr,
         user_agent=request.user_agent.string,
         honeypot=abuse.honeypot_filled(fields),
     )
+
+
+def _or_empty(clean, value) -> str:
+    try:
+        return clean(value)
+    except DomainError:
+        return ""
 
 
 def _answer(message: str, template: str, **context):

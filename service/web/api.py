@@ -12,10 +12,11 @@ from ..extensions import db
 from ..models import STATUSES, Post, Subscriber
 from ..publishing import posts, publication
 from ..readers import subscriber_csv, subscriptions
-from . import openapi
+from . import bodies, openapi
 from .reader import absolute_url
 
 bp = Blueprint("api", __name__)
+MAX_PAGE = 1_000_000
 
 
 @bp.before_request
@@ -37,11 +38,18 @@ def no_store(response):
     return response
 
 
+def _whole_number(name: str, default: int, lowest: int, highest: int) -> int:
+    """A query parameter that must be a whole number in range (huge ones overflow the database's integers)."""
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isascii() or not raw.isdigit() or not lowest <= int(raw) <= highest:
+        raise ValidationError(f"{name} must be a whole number from {lowest} to {highest}", field=name)
+    return int(raw)
+
+
 def json_body() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ValidationError("the body must be a JSON object", field="body")
-    return body
+    return bodies.json_object()
 
 
 def post_json(post: Post) -> dict:
@@ -55,6 +63,7 @@ def post_json(post: Post) -> dict:
         "scheduled_at": post.scheduled_at.isoformat() if post.scheduled_at else None,
         "updated_at": post.updated_at.isoformat(),
         "body": post.body,
+        "teaser_warning": posts.teaser_warning(post),
     }
 
 
@@ -121,7 +130,8 @@ def list_subscribers():
         if status not in STATUSES:
             raise ValidationError(f"status must be one of {', '.join(STATUSES)}", field="status")
         query = query.where(Subscriber.status == status)
-    page = db.paginate(query, max_per_page=500, error_out=False)
+    page = db.paginate(query, page=_whole_number("page", 1, 1, MAX_PAGE),
+                       per_page=_whole_number("per_page", 20, 1, 500), error_out=False)
     return jsonify(subscribers=[subscriptions.as_dict(s) for s in page.items],
                    page=page.page, per_page=page.per_page, total=page.total, pages=page.pages)
 
@@ -142,13 +152,11 @@ def import_subscribers():
 @bp.get("/digests")
 def list_digests():
     """Digest runs, newest first, with their delivery counts."""
-    return jsonify(digests=runs.recent(request.args.get("limit", 50, type=int)))
+    return jsonify(digests=runs.recent(_whole_number("limit", 50, 1, 500)))
 
 
 @bp.post("/digests")
 def create_digest():
     """Send a digest now to every confirmed subscriber with unseen posts (of one frequency if given)."""
-    body = request.get_json(silent=True) or {}
-    if not isinstance(body, dict):
-        raise ValidationError("the body must be a JSON object", field="body")
+    body = bodies.json_object(required=False)
     return jsonify(runs.summary(runs.send_now(body.get("frequency")))), 202

@@ -19,6 +19,7 @@ def _answers(ok: int, schema: dict | None, description: str, *errors: int) -> di
 SLUG = {"name": "slug", "in": "path", "required": True, "schema": {"type": "string"}}
 POST = {"$ref": "#/components/schemas/Post"}
 POST_INPUT = {"$ref": "#/components/schemas/PostInput"}
+NEW_POST = {"$ref": "#/components/schemas/NewPost"}
 SETTINGS = {"$ref": "#/components/schemas/Settings"}
 SUBSCRIBER = {"$ref": "#/components/schemas/Subscriber"}
 STATUS_VALUES = ["pending", "confirmed", "unsubscribed", "bounced", "deleted"]
@@ -27,7 +28,7 @@ CSV_COLUMNS = "columns email,name,status,subscribed_at"
 PATHS: dict = {
     "/posts": {
         "get": {"summary": "List posts", "responses": _answers(200, {"type": "object", "properties": {"posts": {"type": "array", "items": POST}}}, "posts")},
-        "post": {"summary": "Create a post", "requestBody": {"required": True, **_json(POST_INPUT)},
+        "post": {"summary": "Create a post", "requestBody": {"required": True, **_json(NEW_POST)},
                  "responses": _answers(201, POST, "created", 400, 409, 422)},
     },
     "/posts/{slug}": {
@@ -47,7 +48,7 @@ PATHS: dict = {
             "summary": "List subscribers (paginated), or export them all as CSV",
             "parameters": [
                 {"name": "status", "in": "query", "schema": {"type": "string", "enum": STATUS_VALUES}},
-                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1}},
                 {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 20}},
                 {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]},
                  "description": "csv: every subscriber, " + CSV_COLUMNS},
@@ -74,23 +75,35 @@ PATHS: dict = {
     },
 }
 
+POST_FIELDS = {
+    "title": {"type": "string", "minLength": 1, "maxLength": 300, "pattern": "\\S", "description": "not only spaces"},
+    "body": {"type": "string", "maxLength": 500_000, "description": "Markdown; raw HTML is sanitised"},
+    "visibility": {"type": "string", "enum": ["public", "subscribers"], "default": "subscribers"},
+    "published": {"type": "boolean", "default": False},
+    "slug": {"type": "string", "maxLength": 200, "pattern": "^[a-z0-9]+(?:-[a-z0-9]+)*$"},
+    "scheduled_at": {"type": ["string", "null"], "format": "date-time",
+                     "description": "publish at this future moment (with its offset); null: not scheduled"},
+}
 SCHEMAS: dict = {
     "Error": {"type": "object", "required": ["error", "message"],
               "properties": {"error": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}},
-    "PostInput": {"type": "object", "properties": {
-        "title": {"type": "string", "maxLength": 300}, "body": {"type": "string", "description": "Markdown; raw HTML is sanitised"},
-        "visibility": {"type": "string", "enum": ["public", "subscribers"], "default": "subscribers"},
-        "published": {"type": "boolean", "default": False}, "slug": {"type": "string", "pattern": "^[a-z0-9]+(?:-[a-z0-9]+)*$"}}},
+    "PostInput": {"type": "object", "additionalProperties": False, "properties": POST_FIELDS},
+    "NewPost": {"type": "object", "required": ["title", "body"], "properties": POST_FIELDS},
     "Post": {"type": "object", "properties": {
         "slug": {"type": "string"}, "title": {"type": "string"}, "url": {"type": "string", "format": "uri"},
         "visibility": {"type": "string", "enum": ["public", "subscribers"]}, "published": {"type": "boolean"},
         "published_at": {"type": ["string", "null"], "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
-        "body": {"type": "string"}}},
-    "Settings": {"type": "object", "properties": {
-        "name": {"type": "string"}, "default_frequency": {"type": "string", "enum": ["daily", "weekly"]},
+        "body": {"type": "string"}, "scheduled_at": {"type": ["string", "null"], "format": "date-time"},
+        "teaser_warning": {"type": ["string", "null"],
+                           "description": "set when a subscriber-only post's teaser shows more than half of it"}}},
+    "Settings": {"type": "object", "additionalProperties": False, "properties": {
+        "name": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S"}, "default_frequency": {"type": "string", "enum": ["daily", "weekly"]},
         "send_hour": {"type": "integer", "minimum": 0, "maximum": 23}, "send_weekday": {"type": "integer", "minimum": 0, "maximum": 6},
-        "timezone": {"type": "string"}, "teaser_words": {"type": "integer", "minimum": 10, "maximum": 2000},
-        "blocked_domains": {"type": "array", "items": {"type": "string"}}}},
+        "timezone": {"type": "string", "description": "an IANA time zone name, e.g. Europe/Paris"},
+        "teaser_words": {"type": "integer", "minimum": 10, "maximum": 2000},
+        "blocked_domains": {"type": "array", "items": {"type": "string"}},
+        "embed_origins": {"type": "array", "items": {"type": "string"},
+                          "description": "origins allowed to frame the signup form, e.g. https://blog.example"}}},
     "Subscriber": {"type": "object", "properties": {
         "id": {"type": "integer"}, "email": {"type": "string", "format": "email"}, "name": {"type": "string"},
         "status": {"type": "string", "enum": STATUS_VALUES},
@@ -121,7 +134,7 @@ def document(base_url: str) -> dict:
 DIGEST = {"$ref": "#/components/schemas/Digest"}
 PATHS["/digests"] = {
     "get": {"summary": "List digest runs, newest first, with delivery counts",
-            "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 50}}],
+            "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 50}}],
             "responses": _answers(200, {"type": "object", "properties": {"digests": {"type": "array", "items": DIGEST}}}, "runs")},
     "post": {"summary": "Send a digest now to every confirmed subscriber with unseen posts",
              "requestBody": {"required": False, **_json({"type": "object", "properties": {
