@@ -6,6 +6,8 @@ then costs the proxy a connection, not one of gunicorn's threads.
 """
 import os
 
+from service.config import instance_path
+
 
 def _cores() -> int:
     """CPUs this process may run on (a container's or systemd's CPU set, not the whole machine's)."""
@@ -42,6 +44,10 @@ preload_app = True
 # KEEPREADING_PROXY_COUNT to the number of proxies, so the app takes client IPs (rate limits,
 # consent records) from X-Forwarded-For. Never "*" when clients can reach gunicorn directly.
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
+
+# gunicornc's control socket (gunicorn >= 25.1) in this installation's private instance folder, not the
+# user's ~/.gunicorn/gunicorn.ctl, which every gunicorn of the user shares (and systemd's unit keeps read-only).
+control_socket = str(instance_path() / "gunicorn.ctl")
 
 # Errors to stderr (journald under systemd); the access log is the proxy's.
 errorlog = "-"
