@@ -127,7 +127,7 @@ def test_stopping_make_run_stops_its_worker_and_beat(checkout, tmp_path, stop):
     running = descendants(server.process.pid)
     commands = [command_line(pid) for pid in running]
     assert any(re.search(r"celery .* worker", line) for line in commands), commands
-    assert any(re.search(r"celery .* beat", line) for line in commands), commands
+    assert any(re.search(r"celery .*beat", line) for line in commands), commands
     if stop == "Ctrl-C":
         os.killpg(server.process.pid, signal.SIGINT)  # what a terminal sends its foreground job
     else:
