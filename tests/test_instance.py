@@ -12,7 +12,7 @@ import pytest
 from service import config, create_app
 from service.config import ConfigError
 
-from .entrypoints import ROOT, STRONG_SECRET, environment, script
+from .entrypoints import ROOT, STRONG_SECRET, copy_checkout, environment, script
 
 
 @pytest.fixture
@@ -122,3 +122,20 @@ def test_a_database_error_is_one_line_without_a_traceback(tmp_path):
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and "no such table" in lines[0] and "keepreading db upgrade" in lines[0], result.stderr
+
+
+def test_make_clean_keeps_the_instance_and_make_wipe_deletes_it(tmp_path):
+    checkout = copy_checkout(tmp_path / "checkout")
+    for made in ("instance/secret_key", "instance/keepreading.sqlite", "venv/bin/python", "build/lib/x"):
+        (checkout / made).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / made).write_text("x")
+
+    def make(target: str) -> None:
+        subprocess.run(["make", "--no-print-directory", target, "VENV=venv"], cwd=checkout, check=True,
+                       capture_output=True, timeout=60)
+
+    make("clean")
+    assert sorted(path.name for path in (checkout / "instance").iterdir()) == ["keepreading.sqlite", "secret_key"]
+    assert not (checkout / "venv").exists() and not (checkout / "build").exists()
+    make("wipe")
+    assert not (checkout / "instance").exists()
