@@ -153,7 +153,7 @@ def _finish_secrets(config: dict[str, Any], instance: Path, development: bool) -
         _require_strong("KEEPREADING_SECRET_KEY", config["SECRET_KEY"])
         for key in config["SECRET_KEY_FALLBACKS"]:
             # An old key still verifies tokens: a weak one lets anyone forge them as well as a weak current key.
-            _require_strong("each of KEEPREADING_SECRET_KEY_FALLBACKS", key)
+            _require_strong("a key in KEEPREADING_SECRET_KEY_FALLBACKS", key)
     if not config["ADMIN_TOKEN"]:
         if not development:
             config["ADMIN_TOKEN"] = None  # the admin API stays closed

@@ -43,7 +43,7 @@ def test_production_refuses_a_short_secret_key_in_one_line(bare_env, key):
 def test_production_refuses_a_short_fallback_key(bare_env):
     bare_env.setenv("KEEPREADING_SECRET_KEY", STRONG_SECRET)
     bare_env.setenv("KEEPREADING_SECRET_KEY_FALLBACKS", f"{'o' * 32},old")
-    with pytest.raises(ConfigError, match="KEEPREADING_SECRET_KEY_FALLBACKS is 3 bytes"):
+    with pytest.raises(ConfigError, match="a key in KEEPREADING_SECRET_KEY_FALLBACKS is 3 bytes"):
         create_app()
 
 
