@@ -3,9 +3,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
-RUN_ENV := KEEPREADING_ENV=development KEEPREADING_INSTANCE_PATH=$${KEEPREADING_INSTANCE_PATH:-$(CURDIR)/instance}
 
-.PHONY: run test bench install clean
+.PHONY: run test bench install clean wipe
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -17,11 +16,9 @@ $(STAMP): $(PY) pyproject.toml
 
 install: $(STAMP)
 
+# PORT=5077 make run serves on another port. `exec`: make's SIGTERM reaches the server, which stops its worker and beat.
 run: $(STAMP)
-	$(RUN_ENV) $(VENV)/bin/keepreading db upgrade
-	$(RUN_ENV) $(VENV)/bin/keepreading demo --if-empty
-	KEEPREADING_BASE_URL=$${KEEPREADING_BASE_URL:-http://127.0.0.1:$${PORT:-5000}} $(RUN_ENV) $(VENV)/bin/keepreading staff ensure-first
-	$(RUN_ENV) $(PY) -m service.devserver
+	@exec $(PY) -m service.devserver
 
 test: $(STAMP)
 	@bash .ci/system-packages
@@ -30,5 +27,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
 
+# `clean` keeps the instance folder (database, secret, outbox); `wipe` deletes it too.
 clean:
-	rm -rf $(VENV) instance .pytest_cache
+	rm -rf $(VENV) .pytest_cache build dist *.egg-info
+
+wipe: clean
+	rm -rf instance

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any, Mapping
 
 from flask import Flask
@@ -12,8 +11,9 @@ from . import config as settings_module
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
-    instance = Path(os.environ.get("KEEPREADING_INSTANCE_PATH") or Path.cwd() / "instance").resolve()
-    instance.mkdir(parents=True, exist_ok=True)
+    _private_files()
+    instance = settings_module.instance_path()
+    settings_module.make_instance(instance)
     app = Flask(__name__, instance_path=str(instance))
     app.config.update(settings_module.load(instance, config))
     if app.config["PROXY_COUNT"]:
@@ -32,6 +32,12 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     metrics.register(app)
     commands.register(app)
     return app
+
+
+def _private_files() -> None:
+    """Whatever this process creates (database, broker, outbox mails with live tokens, journal, beat schedule)
+    is readable by its owner only: the umask covers files made by libraries we do not open ourselves."""
+    os.umask(os.umask(0o077) | 0o077)
 
 
 def _init_extensions(app: Flask) -> None:

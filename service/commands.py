@@ -16,11 +16,16 @@ from .readers import subscriber_csv
 
 
 def register(app: Flask) -> None:
-    app.cli.add_command(posts_group)
-    app.cli.add_command(demo_command)
-    app.cli.add_command(digest_group)
-    app.cli.add_command(subscribers_group)
-    app.cli.add_command(staff_group)
+    for command in every_command():
+        app.cli.add_command(command)
+
+
+def every_command() -> list[click.Command]:
+    """The project's commands. The `keepreading` script lists them without building the app (which needs a
+    secret and an instance folder), so a new command goes here, not only onto app.cli."""
+    from flask_migrate.cli import db as migrations_group
+
+    return [posts_group, demo_command, digest_group, subscribers_group, staff_group, migrations_group]
 
 
 @click.group("posts", cls=AppGroup, help="Publish and list posts.")

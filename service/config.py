@@ -1,12 +1,21 @@
-"""Settings from KEEPREADING_* environment variables, with embedded defaults."""
+"""Settings from KEEPREADING_* variables (the environment, else the instance's keepreading.env), with embedded
+defaults; where the instance folder is."""
 from __future__ import annotations
 
 import os
 import secrets
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Mapping
 
+from dotenv import dotenv_values, set_key
+from flask.sansio.scaffold import find_package
+
 PREFIX = "KEEPREADING_"
+# Settings recorded in the instance folder (`make run` writes development mode and its BASE_URL there),
+# so a command started from any shell or folder runs against the same service as the server.
+SETTINGS_FILE = "keepreading.env"
+MIN_SECRET_BYTES = 32
 
 
 class ConfigError(RuntimeError):
@@ -14,8 +23,56 @@ class ConfigError(RuntimeError):
 
 
 def _env(name: str, default: str | None = None) -> str | None:
+    """KEEPREADING_<name>: from the process environment, else from the instance's settings file."""
     value = os.environ.get(PREFIX + name)
+    if value in (None, "") and name != "INSTANCE_PATH":
+        value = _recorded(instance_path() / SETTINGS_FILE).get(PREFIX + name)
     return value if value not in (None, "") else default
+
+
+def instance_path() -> Path:
+    """The instance folder, the same whichever folder a process starts in: KEEPREADING_INSTANCE_PATH, else
+    Flask's convention (<checkout>/instance beside the package, <prefix>/var/keepreading-instance installed)."""
+    configured = _env("INSTANCE_PATH")
+    return Path(configured).expanduser().resolve() if configured else _conventional_instance()
+
+
+@lru_cache(maxsize=1)
+def _conventional_instance() -> Path:
+    prefix, package_folder = find_package(__name__.partition(".")[0])
+    if prefix is None:
+        return Path(package_folder) / "instance"
+    return Path(prefix) / "var" / "keepreading-instance"
+
+
+def make_instance(instance: Path) -> None:
+    """Create the instance folder readable by its owner only (it holds the database, secrets, live tokens)."""
+    instance.mkdir(mode=0o700, parents=True, exist_ok=True)
+    status = instance.stat()
+    if status.st_mode & 0o077 and status.st_uid == os.geteuid():  # one made before this rule: close it now
+        instance.chmod(0o700)
+
+
+def record(instance: Path, **settings: str) -> None:
+    """Write settings into the instance's settings file, for every later process (the environment still wins)."""
+    make_instance(instance)
+    path = instance / SETTINGS_FILE
+    path.touch(mode=0o600)
+    for name, value in settings.items():
+        set_key(path, PREFIX + name, value, quote_mode="never")
+
+
+def _recorded(path: Path) -> dict[str, str | None]:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return {}
+    return _read_settings(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=8)
+def _read_settings(path: Path, _mtime: int, _size: int) -> dict[str, str | None]:
+    return dotenv_values(path)
 
 
 def _persistent_secret(instance: Path, filename: str, make) -> str:
@@ -24,8 +81,12 @@ def _persistent_secret(instance: Path, filename: str, make) -> str:
     if path.exists():
         return path.read_text().strip()
     value = make()
-    path.write_text(value + "\n")
-    path.chmod(0o600)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process of this instance made it first
+        return path.read_text().strip()
+    with os.fdopen(descriptor, "w") as stream:
+        stream.write(value + "\n")
     return value
 
 
@@ -101,11 +162,25 @@ def _finish_secrets(config: dict[str, Any], instance: Path, development: bool) -
                 "(set it, or KEEPREADING_ENV=development for local use)"
             )
         config["SECRET_KEY"] = _persistent_secret(instance, "secret_key", lambda: secrets.token_hex(32))
+    if not development:
+        _require_strong("KEEPREADING_SECRET_KEY", config["SECRET_KEY"])
+        for key in config["SECRET_KEY_FALLBACKS"]:
+            # An old key still verifies tokens: a weak one lets anyone forge them as well as a weak current key.
+            _require_strong("a key in KEEPREADING_SECRET_KEY_FALLBACKS", key)
     if not config["ADMIN_TOKEN"]:
         if not development:
             config["ADMIN_TOKEN"] = None  # the admin API stays closed
         else:
             config["ADMIN_TOKEN"] = _persistent_secret(instance, "admin_token", lambda: secrets.token_urlsafe(24))
+
+
+def _require_strong(name: str, key: str) -> None:
+    size = len(key.encode())
+    if size < MIN_SECRET_BYTES:
+        raise ConfigError(
+            f"{name} is {size} bytes: production needs at least {MIN_SECRET_BYTES} random bytes "
+            "(e.g. the output of: python3 -c 'import secrets; print(secrets.token_hex(32))')"
+        )
 
 
 def _split(value: str | None) -> list[str]:

@@ -18,7 +18,7 @@ from .mailbox import Mailbox
 from .workers import WorkerProcess
 
 ADMIN_TOKEN = "test-admin-token"
-SECRET_KEY = "test-secret-key-0123456789"
+SECRET_KEY = "test-secret-key-0123456789-0123456789"  # production (the workers) needs 32 bytes
 BASE_URL = "http://localhost"
 POSTGRES_ADMIN_URL = os.environ.get("KEEPREADING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("KEEPREADING_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")

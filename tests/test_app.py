@@ -60,8 +60,8 @@ def test_embedded_defaults(bare_env, tmp_path):
 
 
 def test_settings_from_environment(bare_env):
-    bare_env.setenv("KEEPREADING_SECRET_KEY", "current-key")
-    bare_env.setenv("KEEPREADING_SECRET_KEY_FALLBACKS", "old-one, older-one")
+    bare_env.setenv("KEEPREADING_SECRET_KEY", "current-key-" + "c" * 32)
+    bare_env.setenv("KEEPREADING_SECRET_KEY_FALLBACKS", f"{'o' * 32}, {'p' * 32}")
     bare_env.setenv("KEEPREADING_DATABASE_URL", "postgresql+psycopg://u@db.example/kr")
     bare_env.setenv("KEEPREADING_BROKER_URL", "redis://cache.example:6379/1")
     bare_env.setenv("KEEPREADING_BASE_URL", "https://news.example.org/")
@@ -69,7 +69,7 @@ def test_settings_from_environment(bare_env):
     bare_env.setenv("KEEPREADING_EMBED_ORIGINS", "https://blog.example.org,https://other.example")
     bare_env.setenv("KEEPREADING_PROXY_COUNT", "1")
     app = create_app()
-    assert app.config["SECRET_KEY_FALLBACKS"] == ["old-one", "older-one"]
+    assert app.config["SECRET_KEY_FALLBACKS"] == ["o" * 32, "p" * 32]
     assert app.config["SQLALCHEMY_DATABASE_URI"] == "postgresql+psycopg://u@db.example/kr"
     assert app.config["BROKER_URL"] == "redis://cache.example:6379/1"
     assert app.config["BASE_URL"] == "https://news.example.org"

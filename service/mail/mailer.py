@@ -6,17 +6,16 @@ from datetime import datetime, timezone
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid, parseaddr
-from pathlib import Path
 
 import css_inline
 from flask import current_app
-from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from . import transports
 
-EMAILS_DIR = Path(__file__).resolve().parents[2] / "emails"
+# service/emails is the top-level emails/ folder: a symlink in the source tree, copied into the wheel.
 templates = Environment(
-    loader=FileSystemLoader(EMAILS_DIR),
+    loader=PackageLoader("service", "emails"),
     autoescape=select_autoescape(enabled_extensions=("html",), default_for_string=False),
     undefined=StrictUndefined,
     trim_blocks=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import smtplib
 import socket
@@ -44,12 +45,13 @@ class FileTransport:
 
     def __init__(self, folder: Path):
         self.folder = folder
-        folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)  # the mails hold live sign-in and article links
 
     def send(self, from_addr: str, to_addrs: list[str], message: bytes) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
         path = self.folder / f"{stamp}-{uuid.uuid4().hex[:8]}.eml"
-        path.write_bytes(message)
+        with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as stream:
+            stream.write(message)
         links = sorted(set(_LINK.findall(message.decode("utf-8", "replace"))))
         log.warning("email to %s written to %s; links: %s", ", ".join(to_addrs), path, " ".join(links))
 

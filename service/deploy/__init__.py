@@ -1,0 +1,1 @@
+"""How to run keepreading in production: WSGI and Celery entry points, gunicorn settings, env file, systemd units."""
