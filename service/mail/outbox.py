@@ -76,6 +76,8 @@ def send(outbox_id: int) -> bool:
         return _give_up(email, str(error)) if error.permanent else _retry_later(email, str(error))
     except (smtplib.SMTPException, OSError) as error:
         return _retry_later(email, f"{type(error).__name__}: {error}")
+    except ValueError as error:  # an address the header encoder refuses: sending again cannot help
+        return _give_up(email, str(error))
     email.sent_at, email.lease_until, email.error = utcnow(), None, None
     db.session.commit()
     return True
@@ -98,7 +100,7 @@ def flush() -> int:
     return len(ids)
 
 
-def compose(email: OutboxEmail, subscriber: Subscriber):
+def compose(email: OutboxEmail, subscriber: Subscriber) -> mailer.Mail:
     """Render the email now, so its link's lifetime starts when it is sent."""
     context = {
         "publication": publication.name(),
@@ -110,7 +112,7 @@ def compose(email: OutboxEmail, subscriber: Subscriber):
     }
     text, html = mailer.render_pair(email.kind, **context)
     subject = SUBJECTS[email.kind].format(publication=context["publication"])
-    return mailer.build(subscriber.email, subscriber.name, subject, text, html, headers=links.list_headers(subscriber))
+    return mailer.build(subscriber.email, subscriber.name or "", subject, text, html, extra=links.list_headers(subscriber))
 
 
 def _action_url(email: OutboxEmail, subscriber: Subscriber) -> str | None:
