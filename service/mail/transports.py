@@ -2,6 +2,8 @@
 .eml files in the instance folder (the embedded default)."""
 from __future__ import annotations
 
+import email
+import email.policy
 import logging
 import re
 import smtplib
@@ -40,7 +42,7 @@ def open_transport():
 
 
 class FileTransport:
-    """The embedded default: each message becomes an .eml file, its links written to the log."""
+    """The embedded default: each message becomes an .eml file, its links (decoded) written to the log."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -50,8 +52,7 @@ class FileTransport:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
         path = self.folder / f"{stamp}-{uuid.uuid4().hex[:8]}.eml"
         path.write_bytes(message)
-        links = sorted(set(_LINK.findall(message.decode("utf-8", "replace"))))
-        log.warning("email to %s written to %s; links: %s", ", ".join(to_addrs), path, " ".join(links))
+        log.warning("email to %s written to %s; links: %s", ", ".join(to_addrs), path, " ".join(links_in(message)))
 
     def deliver(self, from_addr: str, to_addr: str, message: bytes, commit) -> None:
         """Like SMTPTransport.deliver: `commit()` runs right before the message is handed over."""
@@ -60,6 +61,15 @@ class FileTransport:
 
     def close(self) -> None:
         pass
+
+
+def links_in(message: bytes) -> list[str]:
+    """The links in a message's text parts as a reader would follow them: transfer encoding undone."""
+    found: set[str] = set()
+    for part in email.message_from_bytes(message, policy=email.policy.default).walk():
+        if part.get_content_maintype() == "text":
+            found.update(_LINK.findall(part.get_content()))
+    return sorted(found)
 
 
 class SMTPTransport:
