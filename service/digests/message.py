@@ -139,7 +139,7 @@ class DigestMail:
         values = {"unsubscribe": unsubscribe}
         for name, url, post_id in self.links:
             values[name] = url + self.article_token(reader_id, fingerprint, post_id)
-        greeting = f"Hello {mailer.one_line(reader.name)}," if reader.name.strip() else "Hello,"
+        greeting = f"Hello {name}," if (name := mailer.one_line(reader.name)) else "Hello,"
         text = self.text.encoded({**values, "greeting": greeting})
         html = self.html.encoded({**values, "greeting": escape(greeting)})
         own = "\r\n".join([

@@ -104,7 +104,7 @@ def compose(email: OutboxEmail, subscriber: Subscriber) -> mailer.Mail:
     """Render the email now, so its link's lifetime starts when it is sent."""
     context = {
         "publication": publication.name(),
-        "reader_name": subscriber.name,
+        "reader_name": mailer.one_line(subscriber.name or ""),  # a greeting on one line, like the To: header
         "unsubscribe_url": links.unsubscribe_url(subscriber),
         "archive_url": links.external("reader.archive"),
         "account_url": links.external("account.account"),
