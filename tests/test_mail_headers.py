@@ -6,11 +6,10 @@ from __future__ import annotations
 import base64
 import html
 import itertools
-from datetime import timedelta
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from service import tasks
 from service.digests import runs
@@ -145,9 +144,9 @@ def _mail(mailbox, reader: Reader, number: int):
     return mailbox.to(reader.email)[number - 1]
 
 
-def _every_transactional_mail(app, mailbox, given_names: list[str]) -> None:
-    """Confirmation, welcome and sign-in mail for each name, sent by the worker, each read back."""
-    readers = [_subscribe(app, name) for name in given_names]
+def _every_transactional_mail(app, mailbox, readers: list[tuple[Reader, str]]) -> None:
+    """Confirmation, welcome and sign-in mail for each subscribed (reader, stored name), sent by the
+    worker, each read back."""
     for reader, name in readers:
         confirmation = _mail(mailbox, reader, 1)
         assert_ours(confirmation, "confirm", reader.email, name, SUBJECTS["confirm"])
@@ -165,11 +164,13 @@ def test_the_reviews_attack_names_are_shown_literally(app, worker, mailbox):
     """The two names of the security review: an encoded word holding CRLF, headers and a body, and one that
     decodes to another address. Before: the first wrote the mail's Subject, Reply-To and body; the second
     sent the confirmation to admin@bank.example."""
-    _every_transactional_mail(app, mailbox, [ATTACK, SPOOF])
-    with mailbox.lock:
-        raw = b"".join(received.raw for received in mailbox.messages)
-    assert b"Reply-To" not in raw and b"Your account is locked" not in raw
-    assert all(received.recipients[0] != "admin@bank.example" for received in mailbox.messages)
+    readers = [_subscribe(app, name) for name in (ATTACK, SPOOF)]
+    received = mailbox.wait_for(2)
+    assert sorted(mail.to for mail in received) == sorted(reader.email for reader, _ in readers)
+    for mail in received:
+        assert sorted(mail.message.keys()) == TRANSACTIONAL
+        assert b"Reply-To" not in mail.raw and "Reset now" not in mail.text
+    _every_transactional_mail(app, mailbox, readers)
 
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
@@ -177,20 +178,20 @@ def test_the_reviews_attack_names_are_shown_literally(app, worker, mailbox):
 @example([EMOJI_194, "Zoë \"Z\" O'Neil, <zoe@example.net>; \\", "x\r\nBcc: victim@example.net"])
 @example([encoded_word("x\r\nSubject: hi", "q", "utf-8"), "a\u2028Subject: hi", "a\x85Bcc: b@example.net"])
 def test_hostile_names_in_confirmation_welcome_and_signin_mail(app, worker, mailbox, given_names):
-    _every_transactional_mail(app, mailbox, given_names)
+    _every_transactional_mail(app, mailbox, [_subscribe(app, name) for name in given_names])
 
 
 # --- digests ---
 
-def _digest_for(app, backend, mailbox, reader_names: list[str], publication_name: str, title: str) -> None:
+def _digest_for(app, mailbox, reader_names: list[str], publication_name: str, title: str) -> None:
     """A run to readers of these names (in the database as the web or an import stores them), sent by the
     batch task's own body in this process, each mail read back."""
     mailbox.clear()
     with app.app_context():
-        backend.clean()
+        db.session.execute(update(Subscriber).values(status="unsubscribed"))  # earlier examples' readers
         row = publication.settings()
         row.name = publication_name
-        since = utcnow() - timedelta(days=1)
+        since = utcnow()  # after the posts of earlier examples: this run carries the new post alone
         readers = [Subscriber(email=_address(), name=name, status="confirmed", frequency="default",
                               confirmed_at=since, digest_watermark=since) for name in reader_names]
         db.session.add_all(readers)
@@ -201,7 +202,7 @@ def _digest_for(app, backend, mailbox, reader_names: list[str], publication_name
         digest = runs.create_run(f"manual:{next(_unique)}", None, utcnow())
         for first, last in runs.id_ranges(Delivery.digest_id == digest.id):
             tasks.send_digest_batch.apply(args=[digest.id, first, last]).get()
-        assert set(db.session.scalars(select(Delivery.status))) == {"sent"}
+        assert set(db.session.scalars(select(Delivery.status).where(Delivery.digest_id == digest.id))) == {"sent"}
     received = mailbox.wait_for(len(readers))
     assert sorted(mail.to for mail in received) == sorted(addresses)
     for mail in received:
@@ -214,8 +215,8 @@ titles = st.one_of(st.sampled_from(["Tides", ATTACK, "Knots & <b>ropes</b>", "�
 publication_names = st.one_of(st.sampled_from([PUBLICATION, SPOOF, "Café \"Harbour\"", "🌊" * 194]), names).filter(str.strip)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(st.lists(names, min_size=1, max_size=4), publication_names, titles)
 @example([EMOJI_194, ATTACK, SPOOF, ""], "🌊" * 194, ATTACK)
-def test_hostile_names_in_digests(app, backend, mailbox, reader_names, publication_name, title):
-    _digest_for(app, backend, mailbox, reader_names, publication_name, title)
+def test_hostile_names_in_digests(app, mailbox, reader_names, publication_name, title):
+    _digest_for(app, mailbox, reader_names, publication_name, title)
