@@ -14,7 +14,8 @@ from sqlalchemy import select, update
 from service import tasks
 from service.digests import runs
 from service.extensions import db
-from service.models import Delivery, Subscriber, utcnow
+from service.mail import outbox
+from service.models import Delivery, OutboxEmail, Subscriber, utcnow
 from service.publishing import posts, publication
 
 from .conftest import wait_until
@@ -220,3 +221,34 @@ publication_names = st.one_of(st.sampled_from([PUBLICATION, SPOOF, "Café \"Harb
 @example([EMOJI_194, ATTACK, SPOOF, ""], "🌊" * 194, ATTACK)
 def test_hostile_names_in_digests(app, mailbox, reader_names, publication_name, title):
     _digest_for(app, mailbox, reader_names, publication_name, title)
+
+
+def test_an_address_the_encoder_refuses_fails_its_delivery_alone(app, mailbox):
+    """No address becomes a header unchecked: one that is not a plain addr-spec (here written straight to
+    the database) fails its own delivery, and the batch goes on."""
+    with app.app_context():
+        since = utcnow()
+        db.session.add_all([Subscriber(email=email, name="", status="confirmed", frequency="default",
+                                       confirmed_at=since, digest_watermark=since)
+                            for email in ("fine@example.org", "Bcc: x@example.net <y@example.org>")])
+        db.session.commit()
+        posts.create("Spring tide", "Words.", "subscribers", True)
+        digest = runs.create_run("manual:refused", None, utcnow())
+        (first, last), = runs.id_ranges(Delivery.digest_id == digest.id)
+        tasks.send_digest_batch.apply(args=[digest.id, first, last]).get()
+        outcomes = dict(db.session.execute(select(Subscriber.email, Delivery.status).join_from(Delivery, Subscriber)).all())
+    assert outcomes == {"fine@example.org": "sent", "Bcc: x@example.net <y@example.org>": "failed"}
+    assert [mail.to for mail in mailbox.messages] == ["fine@example.org"]
+
+
+def test_a_transactional_mail_to_an_address_the_encoder_refuses_is_given_up(app, mailbox):
+    with app.app_context():
+        reader = Subscriber(email="To: x@example.net <y@example.org>", name="", status="pending", frequency="default")
+        db.session.add(reader)
+        db.session.flush()
+        staged = outbox.add("confirm", reader, next="/")
+        db.session.commit()
+        assert outbox.send(staged.id) is False
+        row = db.session.get(OutboxEmail, staged.id)
+        assert "not a plain ASCII address" in row.error and row.attempts == outbox.MAX_ATTEMPTS
+    assert mailbox.messages == []

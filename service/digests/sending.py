@@ -73,7 +73,7 @@ def send_batch(digest_id: int, first_id: int, last_id: int, attempt: int = 0) ->
     return delay
 
 
-def _finish_if_settled(digest_id: int, journal) -> bool:
+def _finish_if_settled(digest_id: int, journal: send_journal.RedisJournal | send_journal.FileJournal) -> bool:
     """The batch that settles a run's last deliveries finishes it (its journal is then no longer needed)."""
     if not runs.finish_if_settled(digest_id):
         return False
@@ -136,9 +136,14 @@ def _send_all(digest: Digest, work: list, deadline: float, outcomes: Outcomes) -
     from_address = mailer.sender()[1]
     try:
         for index, (row, reader, post_set) in enumerate(work):
+            digest_mail = _mail(digest, post_set)  # a MAIL_FROM the header encoder refuses stops the batch here
             try:
-                _send_one(transport, journal, from_address, _mail(digest, post_set).message(row.delivery_id, reader),
-                          row, reader, deadline, outcomes)
+                message = digest_mail.message(row.delivery_id, reader)
+            except ValueError as refusal:  # an address the header encoder refuses: no retry can help
+                outcomes.failed[row.delivery_id] = str(refusal)[:500]
+                continue
+            try:
+                _send_one(transport, journal, from_address, message, row, reader, deadline, outcomes)
             except (LeaseRunningOut, OSError, smtplib.SMTPException) as trouble:
                 outcomes.trouble = f"{type(trouble).__name__}: {trouble}"[:500]
                 outcomes.unsent.extend(item[0].delivery_id for item in work[index:])

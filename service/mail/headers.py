@@ -20,6 +20,7 @@ _DOMAIN = r"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
 _LABEL = re.compile(_DOMAIN)
 _ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@" + _DOMAIN)
 _URL = re.compile(r"[!#-;=?-~]+")  # printable ASCII but for space, '"', '<' and '>'
+_URL_SAFE = "!#$%&'()*+,-./:;=?@[]^_`{|}~"  # what quote() keeps of a URL that needs quoting
 # Characters str.split() keeps that must not reach a header either: C0 and C1 controls, DEL.
 _CONTROLS = dict.fromkeys([*range(0x20), *range(0x7F, 0xA0)], " ")
 
@@ -67,9 +68,6 @@ def urls(name: str, targets: list[str]) -> str:
     tokens = [f"<{url if _URL.fullmatch(url) else quote(url, safe=_URL_SAFE)}>," for url in targets]
     tokens[-1] = tokens[-1][:-1]
     return fold(name, tokens)
-
-
-_URL_SAFE = "!#$%&'()*+,-./:;=?@[]^_`{|}~"
 
 
 def phrase(text: str, room: int) -> list[str]:

@@ -1,6 +1,7 @@
 """Links that leave the site (emails, embeds): always built from BASE_URL, never from a request's Host."""
 from __future__ import annotations
 
+import re
 from urllib.parse import urlsplit
 
 from flask import current_app
@@ -40,4 +41,5 @@ def unsubscribe_mailto() -> list[str]:
 def list_id(publication_name: str) -> str:
     """`List-Id: <publication> <keepreading.host>`, the host of BASE_URL."""
     host = urlsplit(current_app.config["BASE_URL"]).hostname or "localhost"
-    return headers.list_id(publication_name, f"keepreading.{host}")
+    label = re.sub(r"[^a-z0-9.-]+", "-", host).strip(".-") or "localhost"  # an IPv6 or IDN host as a dot-atom
+    return headers.list_id(publication_name, f"keepreading.{label}")

@@ -38,9 +38,12 @@ def one_line(value: str) -> str:
 
 
 def sender() -> tuple[str, str]:
-    """(display name, address) of MAIL_FROM."""
+    """(display name, address) of MAIL_FROM, an IDN domain as punycode (headers stay 7bit)."""
     display, address = parseaddr(current_app.config["MAIL_FROM"])
-    return one_line(display), address or "newsletter@localhost"
+    local, _, domain = (address or "newsletter@localhost").rpartition("@")
+    if not domain.isascii():
+        domain = domain.encode("idna").decode("ascii")
+    return one_line(display), f"{local}@{domain}"
 
 
 @dataclass(frozen=True)
