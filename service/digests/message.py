@@ -11,21 +11,17 @@ import re
 import secrets
 import textwrap
 import time
-from binascii import b2a_qp
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.header import Header
 from email.utils import format_datetime
 from html import escape
-from urllib.parse import urlsplit
 
 from flask import current_app
 
 from .. import tokens
-from ..mail import mailer
+from ..mail import headers, links, mailer
+from ..mail.mailer import quoted_printable
 from ..publishing import content
-
-_ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~ -]+")
 
 
 @dataclass(frozen=True)
@@ -78,10 +74,6 @@ class Body:
         return b"".join(out)
 
 
-def quoted_printable(text: str) -> bytes:
-    return b2a_qp(text.encode("utf-8"), istext=True).replace(b"\n", b"\r\n")
-
-
 class DigestMail:
     """One run's digest of one post set (newest first), ready to personalise for any reader."""
 
@@ -97,7 +89,7 @@ class DigestMail:
         self.from_name, self.from_address = mailer.sender()
         self.domain = self.from_address.rpartition("@")[2] or "localhost"
         self.boundary = f"==kr{nonce}=="
-        self.head = self._shared_head(publication_name, config.get("UNSUBSCRIBE_MAILTO"))
+        self.head = self._shared_head(publication_name)
         self.unsubscribe_token, self.article_token = tokens.Minter("unsubscribe"), tokens.Minter("article")
         self.links = [(f"link{index}", f"{self.base_url}/p/{post.slug}?t=", post.id) for index, post in enumerate(posts)]
         self.clock = _DateHeader()
@@ -126,13 +118,12 @@ class DigestMail:
             return f"{publication_name}: {lead}"
         return f"{publication_name}: {lead} and {more} more new post{'s' if more > 1 else ''}"
 
-    def _shared_head(self, publication_name: str, mailto: str | None) -> bytes:
-        host = urlsplit(self.base_url).hostname or "localhost"
-        self.mailto = f", <mailto:{mailer.one_line(mailto)}?subject=unsubscribe>" if mailto else ""
+    def _shared_head(self, publication_name: str) -> bytes:
+        self.mailto = links.unsubscribe_mailto()
         lines = [
-            header("From", mailbox(self.from_name, self.from_address)),
-            header("Subject", self.subject(publication_name), encode=True),
-            header("List-Id", f"{phrase(publication_name)} <keepreading.{host}>"),
+            headers.mailbox("From", self.from_name, self.from_address),
+            headers.unstructured("Subject", self.subject(publication_name)),
+            links.list_id(publication_name),
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
             "Precedence: bulk",
             "Auto-Submitted: auto-generated",
@@ -148,24 +139,17 @@ class DigestMail:
         values = {"unsubscribe": unsubscribe}
         for name, url, post_id in self.links:
             values[name] = url + self.article_token(reader_id, fingerprint, post_id)
-        greeting = f"Hello {mailer.one_line(reader.name)}," if reader.name.strip() else "Hello,"
+        greeting = f"Hello {name}," if (name := mailer.one_line(reader.name)) else "Hello,"
         text = self.text.encoded({**values, "greeting": greeting})
         html = self.html.encoded({**values, "greeting": escape(greeting)})
         own = "\r\n".join([
-            header("To", mailbox(reader.name, reader.email)),
+            headers.mailbox("To", reader.name, reader.email),
             self.clock.header(),
             f"Message-ID: <{self.id_prefix}.{delivery_id}@{self.domain}>",
-            f"List-Unsubscribe: <{unsubscribe}>{self.mailto}",
+            headers.urls("List-Unsubscribe", [unsubscribe, *self.mailto]),
         ]).encode("ascii") + b"\r\n"
-        return b"".join([own, self.head, b"\r\n", self._part("plain", text), self._part("html", html),
-                         f"--{self.boundary}--\r\n".encode("ascii")])
-
-    def _part(self, subtype: str, encoded: bytes) -> bytes:
-        return b"".join([
-            f"--{self.boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
-            "Content-Transfer-Encoding: quoted-printable\r\n\r\n".encode("ascii"),
-            encoded, b"" if encoded.endswith(b"\r\n") else b"\r\n",
-        ])
+        return b"".join([own, self.head, b"\r\n", mailer.alternative_part(self.boundary, "plain", text),
+                         mailer.alternative_part(self.boundary, "html", html), f"--{self.boundary}--\r\n".encode("ascii")])
 
 
 class _DateHeader:
@@ -179,28 +163,3 @@ class _DateHeader:
         if now != self.second:
             self.second, self.line = now, f"Date: {format_datetime(datetime.fromtimestamp(now, timezone.utc))}"
         return self.line
-
-
-def header(name: str, value: str, encode: bool = False) -> str:
-    """`Name: value` on one logical line, folded; `encode` RFC 2047-encodes unstructured text."""
-    value = mailer.one_line(value)
-    if encode:
-        charset = "us-ascii" if value.isascii() else "utf-8"
-        value = Header(value, charset, header_name=name).encode(linesep="\r\n")
-    return f"{name}: {value}"
-
-
-def phrase(text: str) -> str:
-    """A display name as RFC 5322 wants it: quoted when it has specials, RFC 2047 when not ASCII."""
-    text = mailer.one_line(text)
-    if not text.isascii():
-        return Header(text, "utf-8").encode(linesep="\r\n")
-    if _ATOMS.fullmatch(text):
-        return text
-    quoted = text.replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{quoted}"'
-
-
-def mailbox(name: str, address: str) -> str:
-    name = mailer.one_line(name)
-    return f"{phrase(name)} <{address}>" if name else address

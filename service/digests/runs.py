@@ -226,6 +226,21 @@ def finish(now: datetime) -> list[int]:
     return [digest.id for digest in settled]
 
 
+def finish_if_settled(digest_id: int, now: datetime | None = None) -> bool:
+    """Finish this run when none of its deliveries is open any more; True for the one caller that did.
+
+    A batch calls it right after committing its outcomes, in a statement of its own: of batches that
+    settle at once, the last to commit sees every other's outcomes, so the run finishes with its last
+    batch, not at the next beat. The conditional UPDATE lets only one of them finish it."""
+    still_open = exists().where(Delivery.digest_id == digest_id, Delivery.status.in_(OPEN))
+    finished = db.session.execute(
+        update(Digest).where(Digest.id == digest_id, Digest.finished_at.is_(None), ~still_open)
+        .values(finished_at=now or utcnow()).execution_options(synchronize_session=False)
+    ).rowcount
+    db.session.commit()
+    return finished == 1
+
+
 def settle(digest_id: int, now: datetime | None = None) -> dict:
     """For `digest send --wait`: recover this run's stale claims, finish it if it can be; its summary."""
     now = now or utcnow()

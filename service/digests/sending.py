@@ -1,5 +1,5 @@
 """One batch of digest deliveries: claim, re-check the readers, render once per post set, send on one
-SMTP connection, record the outcomes in bulk.
+SMTP connection, record the outcomes in bulk, and finish the run when this batch settled its last deliveries.
 
 Exactly once: rows are claimed (pending -> sending, with a lease) in one UPDATE before any SMTP, so a
 duplicate or redelivered task finds nothing to send; each message is written to the send journal just
@@ -24,6 +24,7 @@ from ..models import Delivery, Digest, Post, Subscriber, utcnow
 from ..publishing import publication
 from ..readers import subscriptions
 from . import journal as send_journal
+from . import runs
 from .message import DigestMail, PostItem, Reader
 
 log = logging.getLogger(__name__)
@@ -59,14 +60,25 @@ def send_batch(digest_id: int, first_id: int, last_id: int, attempt: int = 0) ->
         return None
     lease = current_app.config["DELIVERY_LEASE"]
     deadline = time.monotonic() + lease - min(lease / 5, 30)
+    journal = send_journal.for_run(digest)
     claimed = claim(digest_id, first_id, last_id, utcnow() + timedelta(seconds=lease))
-    if not claimed:
+    if not claimed:  # a duplicate, or redelivered after its worker died between recording and finishing
+        _finish_if_settled(digest_id, journal)
         return None
     outcomes = _send(digest, claimed, deadline)
     delay = backoff(attempt) if outcomes.refused or outcomes.unsent else None
     record(outcomes, delay)
-    send_journal.for_run(digest).forget(outcomes.sent)
+    if not _finish_if_settled(digest_id, journal):
+        journal.forget(outcomes.sent)
     return delay
+
+
+def _finish_if_settled(digest_id: int, journal: send_journal.RedisJournal | send_journal.FileJournal) -> bool:
+    """The batch that settles a run's last deliveries finishes it (its journal is then no longer needed)."""
+    if not runs.finish_if_settled(digest_id):
+        return False
+    journal.drop()
+    return True
 
 
 def claim(digest_id: int, first_id: int, last_id: int, lease_until: datetime) -> list[Claimed]:
@@ -124,9 +136,14 @@ def _send_all(digest: Digest, work: list, deadline: float, outcomes: Outcomes) -
     from_address = mailer.sender()[1]
     try:
         for index, (row, reader, post_set) in enumerate(work):
+            digest_mail = _mail(digest, post_set)  # a MAIL_FROM the header encoder refuses stops the batch here
             try:
-                _send_one(transport, journal, from_address, _mail(digest, post_set).message(row.delivery_id, reader),
-                          row, reader, deadline, outcomes)
+                message = digest_mail.message(row.delivery_id, reader)
+            except ValueError as refusal:  # an address the header encoder refuses: no retry can help
+                outcomes.failed[row.delivery_id] = str(refusal)[:500]
+                continue
+            try:
+                _send_one(transport, journal, from_address, message, row, reader, deadline, outcomes)
             except (LeaseRunningOut, OSError, smtplib.SMTPException) as trouble:
                 outcomes.trouble = f"{type(trouble).__name__}: {trouble}"[:500]
                 outcomes.unsent.extend(item[0].delivery_id for item in work[index:])

@@ -102,6 +102,8 @@ def send(outbox_id: int) -> bool:
         return _give_up(email, str(error)) if error.permanent else _retry_later(email, str(error))
     except (smtplib.SMTPException, OSError) as error:
         return _retry_later(email, f"{type(error).__name__}: {error}")
+    except ValueError as error:  # an address the header encoder refuses: sending again cannot help
+        return _give_up(email, str(error))
     email.sent_at, email.lease_until, email.error = utcnow(), None, None
     db.session.commit()
     return True
@@ -156,11 +158,11 @@ def _message(email: OutboxEmail):
     return compose(email, subscriber) if subscriber else None
 
 
-def compose(email: OutboxEmail, subscriber: Subscriber):
+def compose(email: OutboxEmail, subscriber: Subscriber) -> mailer.Mail:
     """Render the email now, so its link's lifetime starts when it is sent."""
     context = {
         "publication": publication.name(),
-        "reader_name": subscriber.name,
+        "reader_name": mailer.one_line(subscriber.name or ""),  # a greeting on one line, like the To: header
         "unsubscribe_url": links.unsubscribe_url(subscriber),
         "archive_url": links.external("reader.archive"),
         "account_url": links.external("account.account"),
@@ -168,7 +170,7 @@ def compose(email: OutboxEmail, subscriber: Subscriber):
     }
     text, html = mailer.render_pair(email.kind, **context)
     subject = SUBJECTS[email.kind].format(publication=context["publication"])
-    return mailer.build(subscriber.email, subscriber.name, subject, text, html, headers=links.list_headers(subscriber))
+    return mailer.build(subscriber.email, subscriber.name or "", subject, text, html, extra=links.list_headers(subscriber))
 
 
 def compose_for_staff(kind: str, staff: Staff):

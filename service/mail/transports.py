@@ -2,6 +2,8 @@
 .eml files in the instance folder (the embedded default)."""
 from __future__ import annotations
 
+import email
+import email.policy
 import logging
 import os
 import re
@@ -41,7 +43,7 @@ def open_transport():
 
 
 class FileTransport:
-    """The embedded default: each message becomes an .eml file, its links written to the log."""
+    """The embedded default: each message becomes an .eml file, its links (decoded) written to the log."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -52,8 +54,7 @@ class FileTransport:
         path = self.folder / f"{stamp}-{uuid.uuid4().hex[:8]}.eml"
         with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as stream:
             stream.write(message)
-        links = sorted(set(_LINK.findall(message.decode("utf-8", "replace"))))
-        log.warning("email to %s written to %s; links: %s", ", ".join(to_addrs), path, " ".join(links))
+        log.warning("email to %s written to %s; links: %s", ", ".join(to_addrs), path, " ".join(links_in(message)))
 
     def deliver(self, from_addr: str, to_addr: str, message: bytes, commit) -> None:
         """Like SMTPTransport.deliver: `commit()` runs right before the message is handed over."""
@@ -62,6 +63,15 @@ class FileTransport:
 
     def close(self) -> None:
         pass
+
+
+def links_in(message: bytes) -> list[str]:
+    """The links in a message's text parts as a reader would follow them: transfer encoding undone."""
+    found: set[str] = set()
+    for part in email.message_from_bytes(message, policy=email.policy.default).walk():
+        if part.get_content_maintype() == "text":
+            found.update(_LINK.findall(part.get_content()))
+    return sorted(found)
 
 
 class SMTPTransport:
