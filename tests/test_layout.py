@@ -19,7 +19,7 @@ LAYERS = [
     {"service.web", "service.studio"},
     {"service.tasks", "service.commands"},
     {"service"},  # the app factory registers everything
-    {"service.cli", "service.devserver"},  # entry points over the factory
+    {"service.cli", "service.devserver", "service.deploy"},  # entry points over the factory
 ]
 
 
