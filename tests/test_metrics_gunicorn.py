@@ -1,6 +1,7 @@
 """/metrics under a real gunicorn with several worker processes: every scrape, whichever worker answers, is exact."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -78,3 +79,7 @@ def test_counts_are_exact_across_workers_and_outlive_the_workers_that_counted(ap
             assert value(found, "keepreading_http_requests_total", endpoint="reader.archive", method="GET", status="200") == 90
         alive = {int(path.stem.rsplit("_", 1)[1]) for path in folder.glob("counter_*.db")} - counted
         assert alive, "the scrapes were answered by new workers"
+    lines = (tmp_path / "gunicorn.log").read_text().splitlines()
+    records = [json.loads(line) for line in lines if line.strip()]  # gunicorn's lines and the app's: all JSON
+    assert any(record["logger"] == "gunicorn.error" for record in records)
+    assert sum(record.get("route") == "/" for record in records) == 90

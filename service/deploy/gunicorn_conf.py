@@ -1,7 +1,8 @@
 """gunicorn settings: `gunicorn -c service/deploy/gunicorn_conf.py wsgi:app`.
 
-This part makes /metrics exact across workers: prometheus-client's multiprocess mode, in which each worker
-writes its counts to files in one folder and every scrape adds them up.
+This part makes /metrics exact across workers (prometheus-client's multiprocess mode, in which each worker
+writes its counts to files in one folder and every scrape adds them up), and makes gunicorn's own log lines
+JSON like the app's, with tokens redacted.
 """
 from __future__ import annotations
 
@@ -15,6 +16,9 @@ from pathlib import Path
 _TEMPORARY = "keepreading-metrics-"
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_TEMPORARY)
+
+# gunicorn's own lines (errors, and access lines if turned on) in the app's JSON, tokens in URLs redacted.
+logger_class = "service.logs.GunicornLogger"
 
 
 def on_starting(server) -> None:
