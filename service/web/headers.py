@@ -20,6 +20,7 @@ COMMON = [("X-Content-Type-Options", "nosniff"), ("Referrer-Policy", "strict-ori
 # Pages: their own styles and scripts, publishers' images from anywhere on https, forms posted only here.
 PAGE_POLICY = ("default-src 'self'; script-src 'self'{nonce}; style-src 'self'; img-src 'self' https:; "
                "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors {ancestors}")
+CLOSED_PAGE_POLICY = PAGE_POLICY.format(nonce="", ancestors="'none'")  # most pages: no inline script, no framing
 OTHER_POLICY = "default-src 'none'; frame-ancestors 'none'"  # JSON, feeds, scripts: nothing to load or frame
 HSTS = ("Strict-Transport-Security", "max-age=31536000")  # not includeSubDomains: the domain may host other sites
 _UNSAFE_IN_LOCATION = re.compile(r"[\x00-\x20\\]")  # browsers drop or read these as "/": "/\t/host", "/\\host"
@@ -38,9 +39,12 @@ def add_headers(response: Response) -> Response:
     """Views never set these headers themselves, so they are appended without a look-up each."""
     framable = request.endpoint in FRAMABLE_ENDPOINTS or g.get("framable")
     if response.mimetype == "text/html":
-        ancestors = " ".join(["'self'", *current_app.config["EMBED_ORIGINS"]]) if framable else "'none'"
         nonce = _fill_in_nonce(response)
-        policy = PAGE_POLICY.format(nonce=f" 'nonce-{nonce}'" if nonce else "", ancestors=ancestors)
+        if nonce or framable:
+            ancestors = " ".join(["'self'", *current_app.config["EMBED_ORIGINS"]]) if framable else "'none'"
+            policy = PAGE_POLICY.format(nonce=f" 'nonce-{nonce}'" if nonce else "", ancestors=ancestors)
+        else:
+            policy = CLOSED_PAGE_POLICY
     else:
         policy = OTHER_POLICY
     response.headers.extend(COMMON)
