@@ -19,6 +19,7 @@ from .mailbox import _free_port
 from .test_ops import samples, value
 
 ROOT = Path(__file__).resolve().parent.parent
+SIGNED = "eyJhIjoxfQ.ZZ9xYw.abcdefghijklmnopqrstuvwxyz012"  # shaped like a token
 pytestmark = pytest.mark.slow
 
 
@@ -29,7 +30,7 @@ class Gunicorn:
         self.url = f"http://127.0.0.1:{_free_port()}"
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("KEEPREADING_", "PROMETHEUS_"))}
         self.command = [sys.executable, "-m", "gunicorn", "-c", "service/deploy/gunicorn_conf.py", "--workers",
-                        str(workers), "--bind", self.url.removeprefix("http://"), "wsgi:app"]
+                        str(workers), "--bind", self.url.removeprefix("http://"), "--access-logfile", "-", "wsgi:app"]
         self.env, self.log = {**environment, **env}, log
 
     def __enter__(self) -> "Gunicorn":
@@ -46,6 +47,8 @@ class Gunicorn:
     def status(self, path: str) -> int | None:
         try:
             return self.get(path).status
+        except urllib.error.HTTPError as answer:
+            return answer.code
         except (urllib.error.URLError, ConnectionError):
             return None
 
@@ -79,7 +82,11 @@ def test_counts_are_exact_across_workers_and_outlive_the_workers_that_counted(ap
             assert value(found, "keepreading_http_requests_total", endpoint="reader.archive", method="GET", status="200") == 90
         alive = {int(path.stem.rsplit("_", 1)[1]) for path in folder.glob("counter_*.db")} - counted
         assert alive, "the scrapes were answered by new workers"
-    lines = (tmp_path / "gunicorn.log").read_text().splitlines()
-    records = [json.loads(line) for line in lines if line.strip()]  # gunicorn's lines and the app's: all JSON
-    assert any(record["logger"] == "gunicorn.error" for record in records)
+        for path in (f"/unsubscribe/{SIGNED}", f"/p/harbour?t={SIGNED}"):
+            assert server.status(path) in (400, 404)
+    text = (tmp_path / "gunicorn.log").read_text()
+    records = [json.loads(line) for line in text.splitlines() if line.strip()]  # gunicorn's lines and the app's: all JSON
+    assert {"gunicorn.error", "gunicorn.access"} <= {record["logger"] for record in records}
     assert sum(record.get("route") == "/" for record in records) == 90
+    assert SIGNED not in text and "ZZ9xYwabcdefghij" not in text
+    assert sum("/unsubscribe/[redacted]" in record["message"] for record in records) == 2  # the app's line, gunicorn's
