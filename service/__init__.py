@@ -16,6 +16,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     settings_module.make_instance(instance)
     app = Flask(__name__, instance_path=str(instance))
     app.config.update(settings_module.load(instance, config))
+    from . import logs
+
+    logs.configure(app)
     if app.config["PROXY_COUNT"]:
         count = app.config["PROXY_COUNT"]
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
@@ -25,8 +28,9 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     memory.init_app(app)
     _register_blueprints(app)
     from . import commands, errors
-    from .web import headers, metrics
+    from .web import access_log, headers, metrics
 
+    access_log.register(app)
     errors.register(app)
     headers.register(app)
     metrics.register(app)

@@ -108,6 +108,7 @@ def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str
         "MAIL_FROM": _env("MAIL_FROM"),
         "BASE_URL": _env("BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
         "ADMIN_TOKEN": _env("ADMIN_TOKEN"),
+        "METRICS_TOKEN": _env("METRICS_TOKEN"),  # Bearer token for /metrics (the admin token works too)
         "PUBLICATION_NAME": _env("PUBLICATION_NAME", "The Slow Harbour"),
         "EMBED_ORIGINS": _split(_env("EMBED_ORIGINS", "")),
         "SIGNUP_RATE_LIMIT": _env("SIGNUP_RATE_LIMIT", "10/minute;100/hour"),

@@ -22,6 +22,15 @@ def csrf_token(html: str | bytes) -> str:
     return found.group(1)
 
 
+def policy(response) -> dict[str, str]:
+    """The response's Content-Security-Policy as {directive: its sources}."""
+    found = {}
+    for directive in response.headers["Content-Security-Policy"].split(";"):
+        name, _, sources = directive.strip().partition(" ")
+        found[name] = sources.strip()
+    return found
+
+
 def links_in(text: str) -> list[str]:
     return LINKS.findall(text)
 

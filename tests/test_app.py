@@ -132,7 +132,7 @@ def test_healthz_names_the_failed_database(backend, monkeypatch, tmp_path):
 def test_metrics_count_requests_posts_and_subscribers(client, admin):
     admin.publish(title="Counted", visibility="public")
     client.get("/")
-    text = client.get("/metrics").get_data(as_text=True)
+    text = client.get("/metrics", headers=admin.headers).get_data(as_text=True)
     assert 'keepreading_http_requests_total{endpoint="reader.archive",method="GET",status="200"} 1.0' in text
     assert 'keepreading_posts{published="true",visibility="public"} 1.0' in text
     assert "keepreading_http_request_seconds_bucket" in text

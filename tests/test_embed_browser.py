@@ -1,4 +1,5 @@
-"""A real browser (Debian's Chromium via Playwright) subscribes through /embed.js placed on another origin."""
+"""A real browser (Debian's Chromium via Playwright): the signup form placed on another origin by /embed.js, and
+the reader pages under their Content-Security-Policy, with no violation reported."""
 from __future__ import annotations
 
 import os
@@ -48,6 +49,34 @@ def publisher_site(keepreading_url: str):
     return wsgi
 
 
+# Runs in every frame before its own scripts: each Content-Security-Policy violation is noted where a test can read it.
+WATCH_VIOLATIONS = """
+window.__violations = [];
+document.addEventListener("securitypolicyviolation", function (event) {
+  window.__violations.push(event.violatedDirective + " " + (event.blockedURI || "inline"));
+});
+"""
+
+
+def watched(page) -> list[str]:
+    """The page's console errors (but the 4xx answers the test asks for, and /favicon.ico's), filled as they come;
+    violations are read from each frame's document."""
+    errors: list[str] = []
+
+    def on_console(message) -> None:
+        if message.type == "error" and not message.text.startswith("Failed to load resource"):
+            errors.append(message.text)
+
+    page.on("console", on_console)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.add_init_script(WATCH_VIOLATIONS)
+    return errors
+
+
+def violations(page) -> list[str]:
+    return [found for frame in page.frames for found in (frame.evaluate("window.__violations || []") or [])]
+
+
 @pytest.fixture
 def chromium():
     need_server("Chromium", None if os.path.exists(CHROMIUM) else f"{CHROMIUM} is not installed")
@@ -66,6 +95,7 @@ def test_embedded_form_on_another_origin_sends_the_confirmation(app, mailbox, wo
         with Served(publisher_site(keepreading.url)) as blog:
             app.config.update(BASE_URL=keepreading.url, EMBED_ORIGINS=[blog.url])
             page = chromium.new_page()
+            errors = watched(page)
             page.goto(blog.url + "/")
             frame_element = page.locator("iframe[data-keepreading-frame]")
             expect(frame_element).to_be_visible()
@@ -73,9 +103,34 @@ def test_embedded_form_on_another_origin_sends_the_confirmation(app, mailbox, wo
             form.locator("input[name=email]").fill("browser@example.org")
             form.locator("button[type=submit]").click()
             expect(form.locator("[role=status]")).to_contain_text("Check your inbox")
+            # the form's inline script ran (its nonce accepted): it told the page its height
             assert frame_element.evaluate("frame => frame.style.height").endswith("px")
+            assert violations(page) == [] and errors == []
             page.close()
 
     [mail] = Reader(None, "browser@example.org", mailbox).mails(1)
     assert mail.message["Subject"].startswith("Confirm your subscription")
     assert subscriber(app, "browser@example.org").consent_source == blog.url + "/"
+
+
+def test_reader_pages_report_no_policy_violation(app, admin, client, mailbox, chromium):
+    admin.publish(title="Harbour notes", body="Words for the teaser.\n\n<!--more-->\n\nThe rest, for subscribers.")
+    with Served(app) as keepreading:
+        app.config.update(BASE_URL=keepreading.url)
+        page = chromium.new_page()
+        errors = watched(page)
+        for path in ("/", "/p/harbour-notes", "/signin", "/account", "/embed", "/confirm/not-a-token", "/nowhere"):
+            page.goto(keepreading.url + path)
+            assert page.evaluate("getComputedStyle(document.body).fontFamily").startswith("Georgia"), path  # style.css
+            assert violations(page) == [], path
+        page.goto(keepreading.url + "/p/harbour-notes")
+        page.fill("input[name=email]", "reader@example.org")
+        page.click("button[type=submit]")
+        assert "Check your inbox" in page.content()
+        assert violations(page) == [] and errors == []
+        # The watch itself works: a script slipped into the page without the nonce is refused and reported.
+        page.evaluate("""() => { const s = document.createElement("script");
+                                 s.textContent = "window.__ran = true"; document.body.appendChild(s); }""")
+        assert page.evaluate("window.__ran === undefined")
+        assert violations(page) == ["script-src-elem inline"]
+        page.close()

@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent / "service"
 
 # Lowest first. A module may import its own layer (without a circle) and the layers below it.
 LAYERS = [
-    {"service.config", "service.errors", "service.extensions", "service.models", "service.tokens"},
+    {"service.config", "service.errors", "service.extensions", "service.logs", "service.models", "service.tokens"},
     {"service.publishing"},
     {"service.mail"},
     {"service.readers"},

@@ -1,24 +1,26 @@
 """Operations: health check and Prometheus metrics."""
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from flask import Blueprint, jsonify, request
 
 from . import health
+from .metrics import allowed, scrape
 
 bp = Blueprint("ops", __name__)
 
 
 @bp.get("/healthz")
 def healthz():
-    checks = {"database": health.check_database(), "broker": health.check_broker()}
-    failed = sorted(name for name, problem in checks.items() if problem)
-    body = {name: (problem or "ok") for name, problem in checks.items()}
-    body["status"] = "ok" if not failed else "failing: " + ", ".join(failed)
+    failed = health.failing_checks()
+    body = {name: ("failing" if name in failed else "ok") for name in ("database", "broker")}
+    body["status"] = "failing: " + ", ".join(failed) if failed else "ok"
     return jsonify(body), (503 if failed else 200)
 
 
 @bp.get("/metrics")
 def metrics():
-    body = generate_latest(current_app.extensions["metrics_registry"])
-    return body, 200, {"Content-Type": CONTENT_TYPE_LATEST}
+    if not allowed(request.headers.get("Authorization", "")):
+        body = "a valid Bearer metrics token (or the admin token) is required\n"
+        return body, 401, {"WWW-Authenticate": 'Bearer realm="metrics"', "Content-Type": "text/plain; charset=utf-8"}
+    body, content_type = scrape()
+    return body, 200, {"Content-Type": content_type, "Cache-Control": "no-store"}
