@@ -124,10 +124,15 @@ def _normal(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
+def _shipped_gunicorn_setting(name: str):
+    """Read in a process of its own: importing the settings sets PROMETHEUS_MULTIPROC_DIR, as gunicorn's master needs."""
+    code = f"from service.deploy import gunicorn_conf; print(repr(gunicorn_conf.{name}))"
+    return ast.literal_eval(subprocess.check_output([sys.executable, "-c", code], cwd=ROOT, text=True))
+
+
 def test_gunicorn_with_the_shipped_settings_serves_while_clients_stall(tmp_path):
     """The bare `gunicorn wsgi:app` (one sync worker) served nobody while one client sent half a request."""
-    from service.deploy import gunicorn_conf
-
+    threads = _shipped_gunicorn_setting("threads")
     port = free_port()
     env = {**environment(SECRET_KEY=STRONG_SECRET, INSTANCE_PATH=str(tmp_path / "instance")),
            "GUNICORN_CMD_ARGS": f"--bind 127.0.0.1:{port}"}
@@ -139,7 +144,7 @@ def test_gunicorn_with_the_shipped_settings_serves_while_clients_stall(tmp_path)
     try:
         wait_for(lambda: answers(url), 60, "gunicorn did not answer")
         # Fewer than one process's threads: wherever the kernel hands them, every process keeps a free thread.
-        for _ in range(gunicorn_conf.threads - 1):
+        for _ in range(threads - 1):
             stalled.append(socket.create_connection(("127.0.0.1", port)))
             stalled[-1].sendall(b"GET /static/style.css HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the rest
         # served long before the stalled clients' 30 s timeout, which the bare setup would have waited out

@@ -210,7 +210,8 @@ def test_embed_origins_from_the_studio_decide_who_may_frame_the_form(app, publis
     assert "https://from-env.example" in client.get("/embed").headers["Content-Security-Policy"]  # seeded from the env
     publisher.form("/studio/settings", "/studio/settings", **SETTINGS)
     policy = client.get("/embed").headers["Content-Security-Policy"]
-    assert policy == "frame-ancestors 'self' https://blog.example https://www.blog.example"
+    ancestors = [part.strip() for part in policy.split(";") if part.strip().startswith("frame-ancestors")]
+    assert ancestors == ["frame-ancestors 'self' https://blog.example https://www.blog.example"]
 
 
 def test_a_bad_setting_answers_on_the_form_and_keeps_the_input(app, publisher):
@@ -260,8 +261,8 @@ def test_preview_a_subscribers_next_digest_and_send_a_test_to_me(app, publisher,
     answer = publisher.client.post("/studio/digests/test", data={"csrf_token": csrf_token(page.data),
                                                                  "email": "reader@example.org"})
     assert answer.status_code == 303
-    [mail] = mailbox.wait_for(1)
-    assert mail.to == "editor@example.org" and mail.message["Subject"] == "The Slow Harbour: Since you joined"
+    [mail] = mailbox.to("editor@example.org")  # sent while the request waited; a late welcome mail may be there too
+    assert mail.message["Subject"] == "The Slow Harbour: Since you joined"
     assert "List-Unsubscribe" in mail.message and mail.message["To"] == "Edith <editor@example.org>"
     article = app.test_client().get("/p/since-you-joined?t=" + mail.text.split("?t=")[1].split()[0])
     assert "Subscribe to keep reading" in article.get_data(as_text=True)  # a test's link opens nobody's account

@@ -65,9 +65,11 @@ loglevel = "info"
 
 # prometheus_client reads this when it is first imported, so it is set here, in the master, before the app
 # is loaded; the workers inherit it. An operator may name the folder; otherwise a private temporary one.
+# The folder must exist now: with preload_app the app (and its metrics) load before any server hook runs.
 _TEMPORARY = "keepreading-metrics-"
 if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=_TEMPORARY)
+Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(mode=0o700, parents=True, exist_ok=True)
 
 # gunicorn's own lines (errors, and access lines if turned on) in the app's JSON, tokens in URLs redacted.
 logger_class = "service.logs.GunicornLogger"
@@ -75,9 +77,7 @@ logger_class = "service.logs.GunicornLogger"
 
 def on_starting(server) -> None:
     """Counts start at zero with each start of gunicorn (not on a reload): files of an earlier run go."""
-    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    for leftover in folder.glob("*.db"):
+    for leftover in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
         leftover.unlink()
 
 

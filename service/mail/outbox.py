@@ -93,15 +93,17 @@ def send(outbox_id: int) -> bool:
     email = _claim(outbox_id)
     if email is None:
         return False
-    message = _message(email)
-    if message is None:
-        return _give_up(email, "the recipient is gone")
     try:
+        message = _message(email)
+        if message is None:
+            return _give_up(email, "the recipient is gone")
         mailer.send_message(message)
     except transports.DeliveryError as error:
         return _give_up(email, str(error)) if error.permanent else _retry_later(email, str(error))
     except (smtplib.SMTPException, OSError) as error:
         return _retry_later(email, f"{type(error).__name__}: {error}")
+    except ValueError as error:  # an address the header encoder refuses: sending again cannot help
+        return _give_up(email, str(error))
     except ValueError as error:  # an address the header encoder refuses: sending again cannot help
         return _give_up(email, str(error))
     email.sent_at, email.lease_until, email.error = utcnow(), None, None
