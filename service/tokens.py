@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from typing import Protocol
 
 from flask import current_app
 from itsdangerous import BadData, BadSignature, Serializer, SignatureExpired, URLSafeTimedSerializer
@@ -11,19 +12,36 @@ from itsdangerous.encoding import base64_encode, int_to_bytes, want_bytes
 
 from .errors import InvalidToken, TokenExpired
 
-# purpose -> config key of its max age (None: never expires)
+# purpose -> config key of its max age (None: never expires). Every payload is
+# [subscriber id, fingerprint, *extra]; the extras per purpose:
+#   confirm, signin   [next, link epoch]   single-use: spending one moves the subscriber's link epoch on
+#   reader, pass      [session epoch]      the session cookie, the reading pass of an article link
+#   article           [post id]
+#   unsubscribe       []
 PURPOSES = {
     "confirm": "CONFIRM_MAX_AGE",
     "signin": "SIGNIN_MAX_AGE",
     "unsubscribe": None,
     "article": "ARTICLE_LINK_MAX_AGE",
     "reader": "READER_SESSION_MAX_AGE",
+    "pass": "READING_PASS_MAX_AGE",
 }
 
 
-def email_fingerprint(email: str) -> str:
-    """A short digest of the address: a token dies when the subscriber's email changes."""
-    return hashlib.sha256(email.encode()).hexdigest()[:10]
+class Holder(Protocol):
+    """Whom a token is for: a Subscriber, or a row read for a digest."""
+
+    id: int
+    email: str
+    token_key: str
+
+
+def email_fingerprint(email: str, token_key: str) -> str:
+    """A short digest of the address and the row's random key: a token dies when the email changes or its
+    row is deleted (a new row may get the same id, never the same key). An empty key digests the address
+    alone, as every token did before rows had keys."""
+    text = f"{token_key}:{email}" if token_key else email
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def serializer(purpose: str) -> URLSafeTimedSerializer:
@@ -37,8 +55,8 @@ def serializer(purpose: str) -> URLSafeTimedSerializer:
     return cache[purpose]
 
 
-def make(purpose: str, subscriber_id: int, email: str, *extra) -> str:
-    return serializer(purpose).dumps([subscriber_id, email_fingerprint(email), *extra])
+def make(purpose: str, holder: Holder, *extra) -> str:
+    return serializer(purpose).dumps([holder.id, email_fingerprint(holder.email, holder.token_key), *extra])
 
 
 class Minter:
@@ -90,5 +108,6 @@ def _unsafe_payload(purpose: str, exc: SignatureExpired):
         return None
 
 
-def matches(payload: list, email: str) -> bool:
-    return payload[1] == email_fingerprint(email)
+def matches(payload: list, holder: Holder) -> bool:
+    """The token was made for this very row (its id may have been someone else's before)."""
+    return payload[0] == holder.id and payload[1] == email_fingerprint(holder.email, holder.token_key)

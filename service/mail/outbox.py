@@ -119,7 +119,8 @@ def _action_url(email: OutboxEmail, subscriber: Subscriber) -> str | None:
     if endpoint is None:
         return None
     next_url = (email.data or {}).get("next") or "/"
-    return links.external(endpoint, token=tokens.make(email.kind, subscriber.id, subscriber.email, next_url))
+    token = tokens.make(email.kind, subscriber, next_url, subscriber.link_epoch)  # single-use: see subscriptions
+    return links.external(endpoint, token=token)
 
 
 def _claim(outbox_id: int) -> OutboxEmail | None:
