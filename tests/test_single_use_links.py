@@ -117,3 +117,20 @@ def db_row(app, email: str) -> Subscriber:
         row = db.session.scalar(select(Subscriber).where(Subscriber.email == email))
         db.session.expunge_all()
         return row
+
+
+def test_a_spent_sign_in_link_offers_a_fresh_one(app, client, mailbox, worker):
+    with app.app_context():
+        confirmed_subscriber("again@example.org")
+    reader = Reader(client, "again@example.org", mailbox)
+    request_signin(reader)
+    spent = mailed_link(reader, "/signin/", 1)
+    assert reader.press_button(spent).status_code == 303
+    later = app.test_client()  # another day, another browser: the old mail's link
+    page = later.get(spent)
+    assert page.status_code == 400 and b"Send me a fresh link" in page.data
+    answer = later.post(f"/renew/signin/{spent.rsplit('/', 1)[1]}", data={"csrf_token": csrf_token(page.data)})
+    assert answer.status_code == 200 and b"Check your inbox" in answer.data
+    fresh = mailed_link(reader, "/signin/", 2)
+    assert fresh != spent and Reader(later, reader.email).press_button(fresh).status_code == 303
+    assert account_email_shown(later) == "again@example.org"
