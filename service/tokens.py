@@ -4,13 +4,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from flask import current_app
 from itsdangerous import BadData, BadSignature, Serializer, SignatureExpired, URLSafeTimedSerializer
 from itsdangerous.encoding import base64_encode, int_to_bytes, want_bytes
 
 from .errors import InvalidToken, TokenExpired
+
+if TYPE_CHECKING:
+    from .models import Subscriber
 
 # purpose -> config key of its max age (None: never expires). Every payload is
 # [subscriber id, fingerprint, *extra]; the extras per purpose:
@@ -26,14 +29,6 @@ PURPOSES = {
     "reader": "READER_SESSION_MAX_AGE",
     "pass": "READING_PASS_MAX_AGE",
 }
-
-
-class Holder(Protocol):
-    """Whom a token is for: a Subscriber, or a row read for a digest."""
-
-    id: int
-    email: str
-    token_key: str
 
 
 def email_fingerprint(email: str, token_key: str) -> str:
@@ -55,8 +50,8 @@ def serializer(purpose: str) -> URLSafeTimedSerializer:
     return cache[purpose]
 
 
-def make(purpose: str, holder: Holder, *extra) -> str:
-    return serializer(purpose).dumps([holder.id, email_fingerprint(holder.email, holder.token_key), *extra])
+def make(purpose: str, subscriber: Subscriber, *extra) -> str:
+    return serializer(purpose).dumps([subscriber.id, email_fingerprint(subscriber.email, subscriber.token_key), *extra])
 
 
 class Minter:
@@ -108,6 +103,6 @@ def _unsafe_payload(purpose: str, exc: SignatureExpired):
         return None
 
 
-def matches(payload: list, holder: Holder) -> bool:
+def matches(payload: list, subscriber: Subscriber) -> bool:
     """The token was made for this very row (its id may have been someone else's before)."""
-    return payload[0] == holder.id and payload[1] == email_fingerprint(holder.email, holder.token_key)
+    return payload[0] == subscriber.id and payload[1] == email_fingerprint(subscriber.email, subscriber.token_key)
