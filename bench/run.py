@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -159,11 +160,13 @@ def seed_subscribers(count: int) -> None:
     with psycopg.connect(f"postgresql://{host}/{DATABASE}", autocommit=True) as connection:
         connection.execute("DELETE FROM deliveries; DELETE FROM digests; DELETE FROM subscribers")
         with connection.cursor().copy(
-            "COPY subscribers (email, name, status, frequency, created_at, confirmed_at, digest_watermark) FROM STDIN"
+            "COPY subscribers (email, name, status, frequency, created_at, confirmed_at, digest_watermark, token_key)"
+            " FROM STDIN"
         ) as copy:
             for n in range(count):
                 copy.write_row((f"reader{n}@example.org", f"Reader {n}", "confirmed", "default",
-                                "2020-01-01T00:00:00Z", "2020-01-01T00:00:00Z", "2020-01-01T00:00:00Z"))
+                                "2020-01-01T00:00:00Z", "2020-01-01T00:00:00Z", "2020-01-01T00:00:00Z",
+                                secrets.token_urlsafe(16)))
         connection.execute("ANALYZE")
 
 
@@ -299,14 +302,15 @@ def gunicorn(app_spec: str, env: dict, cwd: Path):
 def reader_cookie() -> str:
     """A signed session cookie for one confirmed subscriber, made the way the app makes it."""
     code = (
-        "from service import create_app, tokens\n"
+        "from service import create_app\n"
+        "from service.readers import access\n"
         "from service.extensions import db\n"
         "from service.models import Subscriber\n"
         "from sqlalchemy import select\n"
         "app = create_app()\n"
         "with app.app_context():\n"
         "    reader = db.session.scalar(select(Subscriber).where(Subscriber.status == 'confirmed').limit(1))\n"
-        "    print(tokens.make('reader', reader.id, reader.email))\n"
+        "    print(access.session_token(reader))\n"
     )
     return subprocess.run([sys.executable, "-c", code], env=app_env(), cwd=ROOT, check=True,
                           capture_output=True, text=True).stdout.strip()

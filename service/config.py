@@ -125,6 +125,8 @@ def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str
         "SIGNIN_MAX_AGE": int(_env("SIGNIN_MAX_AGE", str(3600))),
         "ARTICLE_LINK_MAX_AGE": int(_env("ARTICLE_LINK_MAX_AGE", str(30 * 24 * 3600))),
         "READER_SESSION_MAX_AGE": 365 * 24 * 3600,
+        # An article link read without a session: the browser may read other gated posts this long.
+        "READING_PASS_MAX_AGE": int(_env("READING_PASS_MAX_AGE", str(24 * 3600))),
         "DIGEST_BATCH_SIZE": int(_env("DIGEST_BATCH_SIZE", "1000")),
         # A claimed delivery belongs to its worker this long; after it, the dispatcher hands it to another.
         "DELIVERY_LEASE": float(_env("DELIVERY_LEASE", "300")),

@@ -66,6 +66,13 @@ class TokenExpired(InvalidToken):
         self.payload = payload
 
 
+class LinkUsed(InvalidToken):
+    """This link has already been used."""
+
+    code = "used_token"
+    template = "used.html"
+
+
 def wants_json() -> bool:
     if request.path.startswith("/api/"):
         return True

@@ -1,6 +1,7 @@
 """Database models: publication settings, posts, subscribers, digests, deliveries, outbox, events, studio staff."""
 from __future__ import annotations
 
+import secrets
 from datetime import datetime, timezone
 from typing import Optional
 
@@ -18,6 +19,10 @@ DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "skipped")
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def new_token_key() -> str:
+    return secrets.token_urlsafe(16)
 
 
 class UTCDateTime(TypeDecorator):
@@ -113,6 +118,15 @@ class Subscriber(db.Model):
     consent_ip: Mapped[Optional[str]] = mapped_column(String(64))
     consent_user_agent: Mapped[Optional[str]] = mapped_column(String(400))
     consent_source: Mapped[Optional[str]] = mapped_column(String(500))
+    # Random, never reused (ids are, on SQLite): every token's fingerprint mixes it with the address, so a
+    # token dies with its row. "" (rows from before it, or written without the ORM) fingerprints the
+    # address alone, as tokens were made before: the links already mailed to those rows keep working.
+    token_key: Mapped[str] = mapped_column(String(32), default=new_token_key, server_default="")
+    # Moved on to end every session and reading pass at once: the signed cookies carry the epoch they began in.
+    session_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
+    # Moved on when a confirmation or sign-in link is used, or the reader leaves: each link carries the
+    # epoch it was mailed in, so it works once and never after unsubscribing.
+    link_epoch: Mapped[int] = mapped_column(default=0, server_default="0")
     __table_args__ = (
         CheckConstraint(_in("status", STATUSES), name="ck_subscribers_status"),
         CheckConstraint(_in("frequency", FREQUENCIES), name="ck_subscribers_frequency"),

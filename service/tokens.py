@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from typing import TYPE_CHECKING
 
 from flask import current_app
 from itsdangerous import BadData, BadSignature, Serializer, SignatureExpired, URLSafeTimedSerializer
@@ -11,7 +12,15 @@ from itsdangerous.encoding import base64_encode, int_to_bytes, want_bytes
 
 from .errors import InvalidToken, TokenExpired
 
-# purpose -> config key of its max age (None: never expires)
+if TYPE_CHECKING:
+    from .models import Staff, Subscriber
+
+# purpose -> config key of its max age (None: never expires). Every payload is
+# [subscriber id, fingerprint, *extra]; the extras per purpose:
+#   confirm, signin   [next, link epoch]   single-use: spending one moves the subscriber's link epoch on
+#   reader, pass      [session epoch]      the session cookie, the reading pass of an article link
+#   article           [post id]
+#   unsubscribe       []
 PURPOSES = {
     "confirm": "CONFIRM_MAX_AGE",
     "signin": "SIGNIN_MAX_AGE",
@@ -20,12 +29,16 @@ PURPOSES = {
     "reader": "READER_SESSION_MAX_AGE",
     "studio_invite": "STUDIO_INVITE_MAX_AGE",  # payload [staff id, fingerprint, link generation]
     "studio_signin": "STUDIO_LINK_MAX_AGE",
+    "pass": "READING_PASS_MAX_AGE",
 }
 
 
-def email_fingerprint(email: str) -> str:
-    """A short digest of the address: a token dies when the subscriber's email changes."""
-    return hashlib.sha256(email.encode()).hexdigest()[:10]
+def email_fingerprint(email: str, token_key: str) -> str:
+    """A short digest of the address and the row's random key: a token dies when the email changes or its
+    row is deleted (a new row may get the same id, never the same key). An empty key digests the address
+    alone, as every token did before rows had keys."""
+    text = f"{token_key}:{email}" if token_key else email
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
 def serializer(purpose: str) -> URLSafeTimedSerializer:
@@ -39,8 +52,13 @@ def serializer(purpose: str) -> URLSafeTimedSerializer:
     return cache[purpose]
 
 
-def make(purpose: str, subscriber_id: int, email: str, *extra) -> str:
-    return serializer(purpose).dumps([subscriber_id, email_fingerprint(email), *extra])
+def make(purpose: str, holder: Subscriber | Staff, *extra) -> str:
+    """A token for a subscriber (bound to its never-reused key) or a staff account (bound to its address)."""
+    return serializer(purpose).dumps([holder.id, _fingerprint(holder), *extra])
+
+
+def _fingerprint(holder: Subscriber | Staff) -> str:
+    return email_fingerprint(holder.email, getattr(holder, "token_key", ""))
 
 
 class Minter:
@@ -92,5 +110,6 @@ def _unsafe_payload(purpose: str, exc: SignatureExpired):
         return None
 
 
-def matches(payload: list, email: str) -> bool:
-    return payload[1] == email_fingerprint(email)
+def matches(payload: list, holder: Subscriber | Staff) -> bool:
+    """The token was made for this very row (its id may have been someone else's before)."""
+    return payload[0] == holder.id and payload[1] == _fingerprint(holder)

@@ -267,7 +267,8 @@ def test_headers_and_parts_as_received(app, mailbox, client):
         lead = publish_at(utcnow() - timedelta(minutes=5), "Knots & <b>ropes</b>")
         older = publish_at(utcnow() - timedelta(hours=2), "Lighthouses")
         subscriber = db.session.scalar(select(Subscriber))
-        reader_id, reader_email = subscriber.id, subscriber.email
+        reader_id, reader_email, fingerprint = subscriber.id, subscriber.email, tokens.email_fingerprint(
+            subscriber.email, subscriber.token_key)
         post_ids, slugs = [lead.id, older.id], [lead.slug, older.slug]
         received, = _send_in_process(app, mailbox)
     message = received.message
@@ -298,7 +299,7 @@ def test_headers_and_parts_as_received(app, mailbox, client):
         links = re.findall(re.escape(BASE_URL) + r"/p/([a-z0-9-]+)\?t=([A-Za-z0-9_.-]+)", text)
         assert [slug for slug, _ in links] == slugs
         for (slug, token), post_id in zip(links, post_ids):
-            assert tokens.verify("article", token) == [reader_id, tokens.email_fingerprint(reader_email), post_id]
+            assert tokens.verify("article", token) == [reader_id, fingerprint, post_id]
         assert tokens.verify("unsubscribe", unsubscribe.rsplit("/", 1)[1])[0] == reader_id
     page = client.get(f"/p/{links[0][0]}?t={links[0][1]}")
     assert b"The rest, for subscribers." in page.data
@@ -375,32 +376,34 @@ def test_confirmation_mail_scores_at_most_zero_in_spamassassin(client, worker, m
 
 # --- signed article links ---
 
-def test_signed_article_link_opens_the_article_and_signs_in(app, client):
+def test_signed_article_link_opens_the_article_with_a_reading_pass(app, client):
     with app.app_context():
         reader_id, = seed(1)
         post = publish_at(utcnow() - timedelta(hours=1), "Behind the wall")
         other = publish_at(utcnow() - timedelta(hours=2), "Another one")
-        token = tokens.make("article", reader_id, "reader0@example.com", post.id)
-        wrong_post = tokens.make("article", reader_id, "reader0@example.com", other.id)
-        slug = post.slug
+        reader = db.session.get(Subscriber, reader_id)
+        token = tokens.make("article", reader, post.id)
+        wrong_post = tokens.make("article", reader, other.id)
+        slug, other_slug = post.slug, other.slug
     full = b"The rest, for subscribers."
     page = client.get(f"/p/{slug}?t={token}")
-    assert full in page.data and "kr_reader=" in page.headers.get("Set-Cookie", "")
+    cookies = page.headers.get("Set-Cookie", "")
+    assert full in page.data and "kr_pass=" in cookies and "kr_reader" not in cookies  # reads, is not signed in
     assert "private" in page.headers["Cache-Control"]
-    assert full in client.get(f"/p/{slug}").data  # signed in by the link
+    assert full in client.get(f"/p/{other_slug}").data  # the reading pass
 
     anonymous = app.test_client()
     tampered = token[:-3] + ("AAA" if not token.endswith("AAA") else "BBB")
     for bad in (tampered, wrong_post, "nonsense"):
         page = anonymous.get(f"/p/{slug}?t={bad}")
         assert full not in page.data and b"Subscribe to keep reading" in page.data
-        assert "kr_reader" not in page.headers.get("Set-Cookie", "")
+        assert "kr_" not in page.headers.get("Set-Cookie", "")
         assert b"has expired" not in page.data
 
     with time_machine.travel(utcnow() + timedelta(days=31), tick=False):
         page = anonymous.get(f"/p/{slug}?t={token}")
     assert full not in page.data and b"has expired. Sign in to keep reading." in page.data
-    assert b"/signin?next=" in page.data and "kr_reader" not in page.headers.get("Set-Cookie", "")
+    assert b"/signin?next=" in page.data and "kr_" not in page.headers.get("Set-Cookie", "")
 
 
 # --- the admin API ---

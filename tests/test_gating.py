@@ -7,7 +7,7 @@ import pytest
 from service import tokens
 from service.extensions import db
 from service.models import Subscriber, utcnow
-from service.readers.access import COOKIE
+from service.readers.access import COOKIE, session_token
 
 TAIL = "the lighthouse keeper's secret recipe"
 BODY = f"Opening lines anyone may read.\n\n<!--more-->\n\nThen {TAIL} follows."
@@ -26,7 +26,7 @@ def make_subscriber(app, email="reader@example.org", status="confirmed") -> tupl
         reader = Subscriber(email=email, status=status, confirmed_at=utcnow() if status == "confirmed" else None)
         db.session.add(reader)
         db.session.commit()
-        return reader.id, tokens.make("reader", reader.id, reader.email)
+        return reader.id, session_token(reader)
 
 
 def test_anonymous_reader_sees_teaser_and_subscribe_block(client, gated):
@@ -97,7 +97,7 @@ def test_tampered_or_foreign_cookies_see_the_teaser(app, client, gated):
         client.set_cookie(COOKIE, bad)
         assert TAIL not in client.get(gated).get_data(as_text=True)
     with app.app_context():
-        other_purpose = tokens.make("confirm", reader_id, "reader@example.org")
+        other_purpose = tokens.make("confirm", db.session.get(Subscriber, reader_id))
     client.set_cookie(COOKIE, other_purpose)
     assert TAIL not in client.get(gated).get_data(as_text=True)
 

@@ -3,11 +3,10 @@ serves one reader's page to another nor outlives a change made in this process."
 import pytest
 from sqlalchemy import event
 
-from service import tokens
 from service.extensions import db
 from service.models import Subscriber, utcnow
 from service.publishing.memory import Memory
-from service.readers.access import COOKIE
+from service.readers.access import COOKIE, session_token
 
 TAIL = "the chart of the hidden channel"
 BODY = f"Opening words.\n\n<!--more-->\n\nThen {TAIL}."
@@ -37,7 +36,7 @@ def reader_cookie(app, status="confirmed", email="keeper@example.org"):
         reader = Subscriber(email=email, status=status, confirmed_at=utcnow())
         db.session.add(reader)
         db.session.commit()
-        return reader.id, tokens.make("reader", reader.id, email)
+        return reader.id, session_token(reader)
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from service.extensions import db
 from service.mail import outbox
 from service.models import Post, Subscriber, utcnow
 from service.publishing import posts
+from service.readers import access
 from service.studio import staff
 
 from .conftest import need_server, wait_until
@@ -158,8 +159,8 @@ def seed(app) -> tuple[dict[str, str], dict[str, str], dict[str, str], str]:
         runs.create_run("manual:screens", None, utcnow())  # a run to list (its batches are not queued)
         invited = staff.add("new-editor@example.org", "Nell")
         links = {kind: urlsplit(outbox.staff_link(kind, invited)).path for kind in ("studio_invite", "studio_signin")}
-        cookie = tokens.make("reader", reader.id, reader.email)
-        confirm = tokens.make("confirm", pending.id, pending.email, "/")
+        cookie = access.session_token(reader)
+        confirm = tokens.make("confirm", pending, "/", pending.link_epoch)
         slugs = {"gated": gated.slug, "public": public.slug, "draft": draft.slug}
     studio = {
         "dashboard": "/studio/",

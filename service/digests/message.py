@@ -38,6 +38,7 @@ class Reader:
     subscriber_id: int
     email: str
     name: str
+    token_key: str  # the row's own key: its links die with the row
 
 
 class Body:
@@ -134,7 +135,7 @@ class DigestMail:
 
     def message(self, delivery_id: int, reader: Reader) -> bytes:
         """The complete RFC 5322 message for one reader, CRLF line ends."""
-        reader_id, fingerprint = reader.subscriber_id, tokens.email_fingerprint(reader.email)
+        reader_id, fingerprint = reader.subscriber_id, tokens.email_fingerprint(reader.email, reader.token_key)
         unsubscribe = f"{self.base_url}/unsubscribe/{self.unsubscribe_token(reader_id, fingerprint)}"
         values = {"unsubscribe": unsubscribe}
         for name, url, post_id in self.links:

@@ -114,9 +114,9 @@ def _send(digest: Digest, claimed: list[Claimed], deadline: float) -> Outcomes:
 
 def _readers(subscriber_ids: list[int]) -> dict[int, tuple[Reader, str]]:
     """Each reader's address, name and status now: an unsubscribe after the run was created counts."""
-    rows = db.session.execute(select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.status)
-                              .where(Subscriber.id.in_(subscriber_ids)))
-    return {row.id: (Reader(row.id, row.email, row.name or ""), row.status) for row in rows}
+    rows = db.session.execute(select(Subscriber.id, Subscriber.email, Subscriber.name, Subscriber.status,
+                                     Subscriber.token_key).where(Subscriber.id.in_(subscriber_ids)))
+    return {row.id: (Reader(row.id, row.email, row.name or "", row.token_key), row.status) for row in rows}
 
 
 def _posts(digest: Digest, sinces: list[datetime | None]) -> list[PostItem]:

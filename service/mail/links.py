@@ -19,7 +19,7 @@ def external(endpoint: str, **values) -> str:
 
 
 def unsubscribe_url(subscriber: Subscriber) -> str:
-    return external("account.unsubscribe", token=tokens.make("unsubscribe", subscriber.id, subscriber.email))
+    return external("account.unsubscribe", token=tokens.make("unsubscribe", subscriber))
 
 
 def list_headers(subscriber: Subscriber) -> list[str]:

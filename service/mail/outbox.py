@@ -190,7 +190,7 @@ def compose_for_staff(kind: str, staff: Staff):
 
 def staff_link(kind: str, staff: Staff) -> str:
     """The invitation or sign-in link for this account, as mailed (the CLI prints it in development)."""
-    return links.external(ACTION_ENDPOINTS[kind], token=tokens.make(kind, staff.id, staff.email, staff.link_generation))
+    return links.external(ACTION_ENDPOINTS[kind], token=tokens.make(kind, staff, staff.link_generation))
 
 
 def _duration(seconds: int) -> str:
@@ -207,7 +207,8 @@ def _action_url(email: OutboxEmail, subscriber: Subscriber) -> str | None:
     if endpoint is None:
         return None
     next_url = (email.data or {}).get("next") or "/"
-    return links.external(endpoint, token=tokens.make(email.kind, subscriber.id, subscriber.email, next_url))
+    token = tokens.make(email.kind, subscriber, next_url, subscriber.link_epoch)  # single-use: see subscriptions
+    return links.external(endpoint, token=token)
 
 
 def _claim(outbox_id: int, kind_is=None) -> OutboxEmail | None:

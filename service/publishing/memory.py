@@ -1,7 +1,9 @@
 """A moment's memory for the hot reading path: rendered pages and reader look-ups, per app process.
 
 Entries live PAGE_CACHE_SECONDS (default 2); every write in this process (posts, settings, a
-subscriber's status) forgets them all at once, and other processes catch up when entries expire.
+subscriber's status, address or session epoch) forgets them all at once, and other processes catch up
+when entries expire: a session revoked in one process may read gated posts in another for up to
+PAGE_CACHE_SECONDS more (never the account pages, which look the reader up on every request).
 """
 from __future__ import annotations
 
@@ -71,7 +73,8 @@ def forget_all() -> None:
 
 
 def _changes_what_pages_show(instance, session: Session) -> bool:
-    """Posts and settings change pages; a subscriber does when their status or address changes or they go."""
+    """Posts and settings change pages; a subscriber does when their status, address or session epoch (a
+    revoked session) changes, or they go."""
     if isinstance(instance, (Post, PublicationSettings)):
         return True
     if not isinstance(instance, Subscriber) or instance in session.new:
@@ -79,7 +82,7 @@ def _changes_what_pages_show(instance, session: Session) -> bool:
     if instance in session.deleted:
         return True
     state = inspect(instance)
-    return any(state.attrs[name].history.has_changes() for name in ("status", "email"))
+    return any(state.attrs[name].history.has_changes() for name in ("status", "email", "session_epoch"))
 
 
 @event.listens_for(Session, "after_flush")

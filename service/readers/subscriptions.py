@@ -10,11 +10,11 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import tokens
-from ..errors import Conflict, InvalidToken, TokenExpired, ValidationError
+from ..errors import Conflict, InvalidToken, LinkUsed, TokenExpired, ValidationError
 from ..extensions import db
 from ..mail import outbox
 from ..models import FREQUENCIES, STATUSES, Event, OutboxEmail, Subscriber, utcnow
-from . import abuse
+from . import abuse, access
 from .access import READING_STATUSES
 from .addresses import clean_name, normalise_email, one_line, safe_next, source_text
 
@@ -169,11 +169,14 @@ def _next(value: object) -> str:
 
 
 # --- following an emailed link (the holder of the mailbox acts) ---
+# Confirmation and sign-in links work once: each carries the subscriber's link epoch as it was when it was
+# mailed, and pressing one (POST) moves the epoch on, so that link and every other one mailed before it are
+# spent. Leaving moves it on too. The GET pages only check a link, so mail scanners spend nothing.
 
 def confirm(token: str) -> tuple[Subscriber, str]:
-    """Double opt-in, second half: the subscriber is confirmed (once) and welcomed. Replays change nothing."""
+    """Double opt-in, second half: the link is spent, the subscriber confirmed (once) and welcomed."""
     payload = tokens.verify("confirm", token)
-    subscriber = _holder("confirm", payload)
+    subscriber = _spend("confirm", payload, _unspent("confirm", payload))
     mail = []
     if subscriber.status != "confirmed":
         _move(subscriber, "confirmed")
@@ -184,22 +187,24 @@ def confirm(token: str) -> tuple[Subscriber, str]:
 
 
 def sign_in(token: str) -> tuple[Subscriber, str]:
+    """A magic link, pressed: spent, and its holder is the one to sign in."""
     payload = tokens.verify("signin", token)
-    subscriber = _holder("signin", payload)
+    subscriber = _spend("signin", payload, _unspent("signin", payload))
+    db.session.commit()
     abuse.mailbox_proven(subscriber.email)
     return subscriber, _next_from(payload)
 
 
 def check_link(purpose: str, token: str) -> None:
-    """For the GET pages: the link is good (or InvalidToken / TokenExpired), and nothing changes."""
-    _holder(purpose, tokens.verify(purpose, token))
+    """For the GET pages: the link is good (or InvalidToken / TokenExpired / LinkUsed), and nothing changes."""
+    _unspent(purpose, tokens.verify(purpose, token))
 
 
 def unsubscribe(token: str) -> None:
     """RFC 8058 one-click: leave at once. A well-signed link for a row that is gone has nothing left to do."""
     payload = tokens.verify("unsubscribe", token)
     subscriber = db.session.get(Subscriber, payload[0])
-    if subscriber is None or not tokens.matches(payload, subscriber.email):
+    if subscriber is None or not tokens.matches(payload, subscriber):
         return
     if subscriber.status != "unsubscribed":
         _move(subscriber, "unsubscribed")
@@ -212,9 +217,38 @@ def check_unsubscribe_link(token: str) -> None:
 
 def _holder(purpose: str, payload: list) -> Subscriber:
     subscriber = db.session.get(Subscriber, payload[0])
-    if subscriber is None or not tokens.matches(payload, subscriber.email):
+    if subscriber is None or not tokens.matches(payload, subscriber):
         raise InvalidToken(purpose)
     return subscriber
+
+
+def _unspent(purpose: str, payload: list) -> Subscriber:
+    """The holder of a confirm or sign-in link ([id, fingerprint, next, link epoch]) that is not spent yet."""
+    subscriber = _holder(purpose, payload)
+    if len(payload) != 4 or payload[3] != subscriber.link_epoch:
+        raise LinkUsed(purpose)
+    if purpose == "confirm" and subscriber.status == "unsubscribed" and not _consented_since_leaving(subscriber):
+        raise InvalidToken(purpose)  # mailed after they left, for a signup from before: no consent to act on
+    return subscriber
+
+
+def _spend(purpose: str, payload: list, subscriber: Subscriber) -> Subscriber:
+    """Move the link epoch on, in one conditional UPDATE: of two presses at once, one wins."""
+    spent = db.session.execute(
+        update(Subscriber)
+        .where(Subscriber.id == subscriber.id, Subscriber.link_epoch == payload[3])
+        .values(link_epoch=Subscriber.link_epoch + 1)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    if spent != 1:
+        raise LinkUsed(purpose)
+    db.session.expire(subscriber, ["link_epoch"])
+    return subscriber
+
+
+def _consented_since_leaving(subscriber: Subscriber) -> bool:
+    left, consented = subscriber.unsubscribed_at, subscriber.consent_at
+    return consented is not None and (left is None or consented > left)
 
 
 def _next_from(payload: list) -> str:
@@ -240,6 +274,12 @@ def account_data(reader: Subscriber) -> dict:
                     "user_agent": reader.consent_user_agent, "source": reader.consent_source},
         "events": [{"kind": event.kind, "at": _iso(event.created_at), **event.data} for event in events],
     }
+
+
+def sign_out_everywhere(reader: Subscriber) -> None:
+    """End every session and reading pass of the reader, in every browser (a copied cookie included)."""
+    access.end_sessions(reader)
+    db.session.commit()
 
 
 def erase(reader: Subscriber) -> None:
@@ -303,6 +343,9 @@ def _move(subscriber: Subscriber, status: str, **data) -> None:
         setattr(subscriber, STAMPS[status], now)
     if status == "confirmed":
         subscriber.digest_watermark = now  # posts published from now on are the reader's first digest
+    if status not in READING_STATUSES:  # leaving: no session, reading pass or mailed link of theirs works on
+        access.end_sessions(subscriber)
+        subscriber.link_epoch = subscriber.link_epoch + 1
     db.session.add(Event(kind=status, subscriber_id=subscriber.id, data={"from": previous, **data}))
 
 

@@ -151,7 +151,7 @@ def check_link(purpose: str, token: str) -> Staff:
 def _link_holder(purpose: str, token: str) -> Staff:
     payload = tokens.verify(purpose, token)
     staff = db.session.get(Staff, payload[0])
-    if staff is None or not tokens.matches(payload, staff.email) or payload[2:] != [staff.link_generation]:
+    if staff is None or not tokens.matches(payload, staff) or payload[2:] != [staff.link_generation]:
         raise InvalidToken(purpose)
     return staff
 

@@ -131,6 +131,8 @@ def _save(reader) -> Response:
 
 
 def _sign_out(reader) -> Response:
+    """Signing out ends the session on the server, so it ends everywhere: a copied cookie is worthless too."""
+    subscriptions.sign_out_everywhere(reader)
     response = redirect(url_for("reader.archive"), 303)
     access.sign_out(response)
     return response

@@ -28,19 +28,21 @@ def archive():
 def article(slug: str):
     if request.args.get("t"):
         return _article_from_link(slug)
-    status = access.session_status()
-    page = _kept(("article", slug, status), lambda: article_page(posts.get_published(slug), status))
+    status, signed_in = access.reading_status(), access.session_status() is not None  # a pass is not signed in
+    page = _kept(("article", slug, status, signed_in), lambda: article_page(posts.get_published(slug), status))
     return private(make_response(page))
 
 
 def _article_from_link(slug: str):
-    """A digest's signed link opens the article and signs the reader in: never served from memory."""
+    """A digest's signed link opens its article, and never signs anyone in: a forwarded email must not hand
+    over the account, nor replace the session of whoever is signed in here. Without a session, the browser
+    gets a reading pass (other gated posts for a while, no account). Never served from memory."""
     post = posts.get_published(slug)
     link = access.article_link(request.args.get("t"), post)
-    reader = link.reader or access.current_reader()
-    response = private(make_response(article_page(post, access.status_of(reader), link.expired)))
-    if link.reader:
-        access.sign_in(response, link.reader)
+    status = link.reader.status if link.reader else access.reading_status()
+    response = private(make_response(article_page(post, status, link.expired)))
+    if link.reader and access.current_reader() is None:
+        access.give_reading_pass(response, link.reader)
     return response
 
 

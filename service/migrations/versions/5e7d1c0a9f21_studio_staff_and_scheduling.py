@@ -1,7 +1,7 @@
 """studio: staff accounts and their sessions, scheduled posts, embed origins as a setting
 
 Revision ID: 5e7d1c0a9f21
-Revises: bc471d09d1a8
+Revises: 89e1eb6b5445
 Create Date: 2026-11-26 09:00:00.000000
 
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '5e7d1c0a9f21'
-down_revision = 'bc471d09d1a8'
+down_revision = '89e1eb6b5445'
 branch_labels = None
 depends_on = None
 
