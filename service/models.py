@@ -1,10 +1,10 @@
-"""Database models: publication settings, posts, subscribers, digests, deliveries, outbox, events."""
+"""Database models: publication settings, posts, subscribers, digests, deliveries, outbox, events, daily counts."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Optional
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import DDL, JSON, CheckConstraint, Date, ForeignKey, Index, String, Text, UniqueConstraint, event
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import DateTime, TypeDecorator
 
@@ -106,7 +106,14 @@ class Subscriber(db.Model):
     __table_args__ = (
         CheckConstraint(_in("status", STATUSES), name="ck_subscribers_status"),
         CheckConstraint(_in("frequency", FREQUENCIES), name="ck_subscribers_frequency"),
+        # The studio's search by any part of an address: a trigram index on PostgreSQL (a plain one on SQLite).
+        Index("ix_subscribers_email_trigram", "email", postgresql_using="gin", postgresql_ops={"email": "gin_trgm_ops"}),
     )
+
+
+# The trigram index needs its extension (trusted since PostgreSQL 13: a database owner may create it).
+event.listen(Subscriber.__table__, "before_create",
+             DDL("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute_if(dialect="postgresql"))
 
 
 class Digest(db.Model):
@@ -167,3 +174,27 @@ class Event(db.Model):
     subscriber_id: Mapped[Optional[int]] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     data: Mapped[dict] = mapped_column(JSON, default=dict)
+    # A subscriber's timeline and the erase cascade look events up by subscriber; the daily counts by day.
+    __table_args__ = (
+        Index("ix_events_subscriber_id", "subscriber_id"),
+        Index("ix_events_created_at", "created_at"),
+    )
+
+
+class DailyCount(db.Model):
+    """A dashboard figure: how many of one thing (signups, confirmations, mails sent...) on one UTC day, per source."""
+
+    __tablename__ = "daily_counts"
+    metric: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    source: Mapped[str] = mapped_column(String(300), primary_key=True, default="")  # "" where a metric has none
+    count: Mapped[int] = mapped_column(default=0)
+
+
+class RollupMark(db.Model):
+    """How far the daily counts have read one stream (the event log by day, finished digest runs)."""
+
+    __tablename__ = "rollup_marks"
+    stream: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[datetime] = mapped_column(UTCDateTime)
+    rolled_up_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)

@@ -1,0 +1,1 @@
+"""The publisher's web app under /studio: dashboard, subscribers, posts, digests, settings."""
