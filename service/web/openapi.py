@@ -44,10 +44,14 @@ PATHS: dict = {
     },
     "/subscribers": {
         "get": {
-            "summary": "List subscribers (paginated), or export them all as CSV",
+            "summary": "List subscribers (keyset or numbered pages), or export them all as CSV",
             "parameters": [
                 {"name": "status", "in": "query", "schema": {"type": "string", "enum": STATUS_VALUES}},
-                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1}},
+                {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "part of the address"},
+                {"name": "after", "in": "query", "schema": {"type": "integer"},
+                 "description": "keyset page: the subscribers older than this id (pass the previous answer's next_after)"},
+                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1},
+                 "description": "numbered page (with the total); costs more the deeper it is"},
                 {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 20}},
                 {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]},
                  "description": "csv: every subscriber, " + CSV_COLUMNS},
@@ -100,7 +104,8 @@ SCHEMAS: dict = {
         "unsubscribed_at": {"type": ["string", "null"], "format": "date-time"}}},
     "SubscriberPage": {"type": "object", "properties": {
         "subscribers": {"type": "array", "items": SUBSCRIBER}, "page": {"type": "integer"},
-        "per_page": {"type": "integer"}, "total": {"type": "integer"}, "pages": {"type": "integer"}}},
+        "per_page": {"type": "integer"}, "total": {"type": "integer"}, "pages": {"type": "integer"},
+        "next_after": {"type": ["integer", "null"], "description": "?after= for the next page; null on the last"}}},
     "ImportReport": {"type": "object", "properties": {
         "imported": {"type": "integer"}, "unchanged": {"type": "integer"},
         "errors": {"type": "array", "items": {"type": "object", "properties": {

@@ -1,0 +1,91 @@
+"""The publisher's view of the list: search and filter in keyset pages, and one subscriber's whole record."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import select
+
+from ..errors import NotFound, ValidationError
+from ..extensions import db
+from ..models import STATUSES, Delivery, Digest, Event, OutboxEmail, Subscriber
+
+LISTED = tuple(status for status in STATUSES if status != "deleted")  # an erased subscriber's row is gone
+PAGE_SIZE = 50
+TIMELINE = 100  # events and deliveries shown on a subscriber's page, newest first
+SEARCH_LIMIT = 320
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of subscribers, newest first, and the ids that open its neighbours (?before=, ?after=)."""
+
+    subscribers: list[Subscriber]
+    newer: int | None  # ?before=<id>: the page before this one, when there is one
+    older: int | None  # ?after=<id>: the page after this one, when there is one
+
+
+def page(search: str = "", status: str | None = None, after: int | None = None, before: int | None = None,
+         size: int = PAGE_SIZE) -> Page:
+    """Subscribers whose address contains `search` (and who have `status`), newest first.
+
+    Keyset pages: one indexed range of ids whatever the depth, so page 10,000 costs what page 1 does."""
+    matching = select(Subscriber).where(*conditions(search, status))
+    if before is not None:
+        rows = _rows(matching.where(Subscriber.id > before).order_by(Subscriber.id.asc()), size + 1)
+        newer_exist, rows = len(rows) > size, rows[:size][::-1]
+        if not rows:  # nothing newer any more: the first page
+            return page(search, status, size=size)
+        return Page(rows, rows[0].id if newer_exist else None, rows[-1].id)
+    if after is not None:
+        matching = matching.where(Subscriber.id < after)
+    rows = _rows(matching.order_by(Subscriber.id.desc()), size + 1)
+    older_exist, rows = len(rows) > size, rows[:size]
+    newer = (rows[0].id if rows else after) if after is not None else None
+    return Page(rows, newer, rows[-1].id if older_exist else None)
+
+
+def conditions(search: str = "", status: str | None = None) -> list:
+    """The WHERE of a search by any part of the address and a status filter (the API's offset pages use it too)."""
+    found = []
+    if status:
+        if status not in STATUSES:
+            raise ValidationError(f"status must be one of {', '.join(LISTED)}", field="status")
+        found.append(Subscriber.status == status)
+    search = (search or "").strip().lower()[:SEARCH_LIMIT]
+    if search:  # addresses are stored lower-case; a trigram index serves this on PostgreSQL
+        found.append(Subscriber.email.contains(search, autoescape=True))
+    return found
+
+
+def _rows(query, limit: int) -> list[Subscriber]:
+    return list(db.session.scalars(query.limit(limit)))
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the publisher may see about one subscriber: the row (with its consent data) and its history."""
+
+    subscriber: Subscriber
+    events: list[Event]
+    deliveries: list[tuple[Delivery, Digest]]
+    emails: list[OutboxEmail]
+
+
+def get(subscriber_id: int) -> Subscriber:
+    subscriber = db.session.get(Subscriber, subscriber_id)
+    if subscriber is None:
+        raise NotFound("No such subscriber: erased, or never here.")
+    return subscriber
+
+
+def record(subscriber_id: int) -> Record:
+    """The subscriber, their latest events, digest deliveries and transactional mail: four statements."""
+    subscriber = get(subscriber_id)
+    events = db.session.scalars(select(Event).where(Event.subscriber_id == subscriber_id)
+                                .order_by(Event.id.desc()).limit(TIMELINE))
+    deliveries = db.session.execute(select(Delivery, Digest).join(Digest, Digest.id == Delivery.digest_id)
+                                    .where(Delivery.subscriber_id == subscriber_id)
+                                    .order_by(Delivery.digest_id.desc()).limit(TIMELINE))
+    emails = db.session.scalars(select(OutboxEmail).where(OutboxEmail.subscriber_id == subscriber_id)
+                                .order_by(OutboxEmail.id.desc()).limit(TIMELINE))
+    return Record(subscriber, list(events), [(delivery, digest) for delivery, digest in deliveries], list(emails))
