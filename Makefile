@@ -20,6 +20,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(RUN_ENV) $(VENV)/bin/keepreading db upgrade
 	$(RUN_ENV) $(VENV)/bin/keepreading demo --if-empty
+	$(RUN_ENV) $(VENV)/bin/keepreading staff ensure-first
 	$(RUN_ENV) $(PY) -m service.devserver
 
 test: $(STAMP)

@@ -54,6 +54,7 @@ def _init_extensions(app: Flask) -> None:
 
 def _register_blueprints(app: Flask) -> None:
     from .extensions import csrf
+    from .studio import views as studio
     from .web import account, api, embed, ops, reader
 
     app.register_blueprint(reader.bp)
@@ -61,5 +62,6 @@ def _register_blueprints(app: Flask) -> None:
     app.register_blueprint(embed.bp)
     app.register_blueprint(api.bp, url_prefix="/api/v1")
     app.register_blueprint(ops.bp)
+    app.register_blueprint(studio.bp, url_prefix="/studio")
     csrf.exempt(api.bp)
     csrf.exempt(ops.bp)

@@ -1,4 +1,4 @@
-"""CLI commands on the `keepreading` group: posts, subscribers and demo content."""
+"""CLI commands on the `keepreading` group: posts, subscribers, digests, demo content and studio staff."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,6 +20,7 @@ def register(app: Flask) -> None:
     app.cli.add_command(demo_command)
     app.cli.add_command(digest_group)
     app.cli.add_command(subscribers_group)
+    app.cli.add_command(staff_group)
 
 
 @click.group("posts", cls=AppGroup, help="Publish and list posts.")
@@ -129,3 +130,62 @@ def _wait_for(digest_id: int, timeout: float) -> dict:
         if summary["finished_at"] is not None or time.monotonic() > deadline:
             return summary
         time.sleep(0.5)
+
+
+@click.group("staff", cls=AppGroup, help="Studio accounts: who may sign in under /studio.")
+def staff_group():
+    pass
+
+
+@staff_group.command("add")
+@click.argument("email")
+@click.option("--name", default="", help="shown in the studio and in its emails")
+def add_staff(email: str, name: str):
+    """Create a studio account and invite EMAIL to choose a password (printed in development, emailed otherwise)."""
+    from .studio import staff
+
+    try:
+        account = staff.add(email, name)
+    except DomainError as error:
+        raise click.ClickException(error.message) from None
+    link = staff.invite(account)
+    if link:
+        click.echo(f"{account.email} can choose a password at (works once, for a week):\n  {link}")
+    else:
+        click.echo(f"{account.email} is invited: an email with a link to choose a password is on its way")
+
+
+@staff_group.command("list")
+def list_staff():
+    """One line an account: email, name, whether a password is set, last sign-in."""
+    from .studio import staff
+
+    for account in staff.every():
+        last = account.last_signin_at.strftime("%Y-%m-%d %H:%M") if account.last_signin_at else "never signed in"
+        state = "password set" if account.password_hash else "invited"
+        click.echo(f"{account.email:<32}  {state:<12}  {last:<16}  {account.name}")
+
+
+@staff_group.command("remove")
+@click.argument("email")
+def remove_staff(email: str):
+    """Delete a studio account; every browser signed in to it is signed out at once."""
+    from .studio import staff
+
+    try:
+        staff.remove(email)
+    except DomainError as error:
+        raise click.ClickException(error.message) from None
+    click.echo(f"removed {email}")
+
+
+@staff_group.command("ensure-first")
+def ensure_first_staff():
+    """Development (`make run`): a first studio account if there is none, and a link to sign in with it."""
+    from .studio import staff
+
+    if current_app.config["ENV"] != "development":
+        raise click.ClickException("ensure-first is for development; use `keepreading staff add EMAIL`")
+    account, link = staff.ensure_first()
+    action = "sign in" if account.password_hash else "choose a password"
+    click.echo(f"\n  studio: {current_app.config['BASE_URL']}/studio/ as {account.email}; {action} at\n  {link}\n")

@@ -67,6 +67,14 @@ def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str
         "DIGEST_RETRY_DELAY": float(_env("DIGEST_RETRY_DELAY", "30")),
         "DIGEST_RETRY_MAX_DELAY": float(_env("DIGEST_RETRY_MAX_DELAY", "1800")),
         "PAGE_CACHE_SECONDS": float(_env("PAGE_CACHE_SECONDS", "2")),
+        # The studio: a session ends after this long unused, and after STUDIO_SESSION_MAX_AGE in any case.
+        "STUDIO_IDLE_TIMEOUT": int(_env("STUDIO_IDLE_TIMEOUT", str(2 * 3600))),
+        "STUDIO_SESSION_MAX_AGE": int(_env("STUDIO_SESSION_MAX_AGE", str(7 * 24 * 3600))),
+        "STUDIO_SIGNIN_RATE_LIMIT": _env("STUDIO_SIGNIN_RATE_LIMIT", "10/minute;100/hour"),  # per IP
+        "STUDIO_ACCOUNT_RATE_LIMIT": _env("STUDIO_ACCOUNT_RATE_LIMIT", "5/minute;30/hour"),  # per staff address
+        "STUDIO_LINK_MAX_AGE": int(_env("STUDIO_LINK_MAX_AGE", str(15 * 60))),
+        "STUDIO_INVITE_MAX_AGE": int(_env("STUDIO_INVITE_MAX_AGE", str(7 * 24 * 3600))),
+        "PUBLISH_CHECK_SECONDS": float(_env("PUBLISH_CHECK_SECONDS", "60")),  # how often beat publishes due posts
         "MAX_CONTENT_LENGTH": 64 * 1024,
         "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
         "WTF_CSRF_TIME_LIMIT": None,

@@ -1,4 +1,4 @@
-"""Database models: publication settings, posts, subscribers, digests, deliveries, outbox, events, daily counts."""
+"""Database models: publication settings, posts, subscribers, digests, deliveries, outbox, events, studio staff, daily counts."""
 from __future__ import annotations
 
 from datetime import date, datetime, timezone
@@ -57,6 +57,8 @@ class PublicationSettings(db.Model):
     timezone: Mapped[str] = mapped_column(String(64), default="UTC")
     teaser_words: Mapped[int] = mapped_column(default=120)
     blocked_domains: Mapped[str] = mapped_column(Text, default="")
+    # Origins allowed to frame the signup form; None: not set in the studio yet, KEEPREADING_EMBED_ORIGINS applies.
+    embed_origins: Mapped[Optional[str]] = mapped_column(Text)
     __table_args__ = (
         CheckConstraint("default_frequency IN ('daily', 'weekly')", name="ck_settings_frequency"),
         CheckConstraint("send_hour BETWEEN 0 AND 23", name="ck_settings_hour"),
@@ -76,6 +78,7 @@ class Post(db.Model):
     visibility: Mapped[str] = mapped_column(String(16), default="subscribers")
     published: Mapped[bool] = mapped_column(default=False)
     published_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, index=True)
+    scheduled_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime, index=True)  # a draft beat publishes then
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     __table_args__ = (CheckConstraint(_in("visibility", VISIBILITIES), name="ck_posts_visibility"),)
@@ -83,6 +86,13 @@ class Post(db.Model):
     @property
     def is_gated(self) -> bool:
         return self.visibility == "subscribers"
+
+    @property
+    def state(self) -> str:
+        """draft, scheduled or published: how the studio lists it."""
+        if self.published:
+            return "published"
+        return "scheduled" if self.scheduled_at else "draft"
 
 
 class Subscriber(db.Model):
@@ -179,6 +189,32 @@ class Event(db.Model):
         Index("ix_events_subscriber_id", "subscriber_id"),
         Index("ix_events_created_at", "created_at"),
     )
+
+
+class Staff(db.Model):
+    """A studio account: someone who writes, schedules and sends for the publication."""
+
+    __tablename__ = "staff"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    password_hash: Mapped[Optional[str]] = mapped_column(String(200))  # argon2; None until the invitation is used
+    # Moves each time an emailed link (invitation, sign-in) is used: every link made before dies with it.
+    link_generation: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_signin_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+
+class StudioSession(db.Model):
+    """One signed-in studio browser: the cookie holds a random token, this row its hash (deleting it signs out)."""
+
+    __tablename__ = "studio_sessions"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # sha256 hex of the cookie's token
+    staff_id: Mapped[int] = mapped_column(ForeignKey("staff.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    ip: Mapped[Optional[str]] = mapped_column(String(64))
+    user_agent: Mapped[Optional[str]] = mapped_column(String(400))
 
 
 class DailyCount(db.Model):

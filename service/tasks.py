@@ -36,6 +36,14 @@ def dispatch_digests() -> dict:
     return runs.dispatch()
 
 
+@shared_task(name="service.tasks.publish_scheduled_posts")
+def publish_scheduled_posts() -> list[str]:
+    """Beat: publish the posts whose scheduled time has come (their digest follows the usual cadence)."""
+    from .publishing import posts
+
+    return posts.publish_due()
+
+
 @shared_task(bind=True, name="service.tasks.send_digest_batch", max_retries=None,
              acks_late=True, reject_on_worker_lost=True)
 def send_digest_batch(self, digest_id: int, first_id: int, last_id: int) -> None:

@@ -18,6 +18,8 @@ PURPOSES = {
     "unsubscribe": None,
     "article": "ARTICLE_LINK_MAX_AGE",
     "reader": "READER_SESSION_MAX_AGE",
+    "studio_invite": "STUDIO_INVITE_MAX_AGE",  # payload [staff id, fingerprint, link generation]
+    "studio_signin": "STUDIO_LINK_MAX_AGE",
 }
 
 

@@ -1,4 +1,4 @@
-"""Transactional email (confirm, sign-in, welcome): a database row first, then a task that claims and sends it.
+"""Transactional email (confirm, sign-in, welcome; studio invitations and sign-in links): a database row first, then a task that claims and sends it.
 
 The row is written in the same transaction as the change that needs the mail, and the task is queued only
 after that commit. If the broker is down the row waits, and the `flush_outbox` beat task queues it again.
@@ -14,7 +14,7 @@ from sqlalchemy import or_, select, update
 
 from .. import tokens
 from ..extensions import db
-from ..models import OutboxEmail, Subscriber, utcnow
+from ..models import OutboxEmail, Staff, Subscriber, utcnow
 from ..publishing import publication
 from . import links, mailer, transports
 
@@ -28,15 +28,28 @@ SUBJECTS = {
     "confirm": "Confirm your subscription to {publication}",
     "signin": "Your sign-in link for {publication}",
     "welcome": "Welcome to {publication}",
+    "studio_invite": "Your studio account at {publication}",
+    "studio_signin": "Your sign-in link for the studio of {publication}",
 }
-ACTION_ENDPOINTS = {"confirm": "account.confirm", "signin": "account.signin_link"}
+ACTION_ENDPOINTS = {"confirm": "account.confirm", "signin": "account.signin_link",
+                    "studio_invite": "studio.set_password", "studio_signin": "studio.signin_link"}
+STAFF_KINDS = {"studio_invite", "studio_signin"}  # to a staff member (data["staff_id"]), not a subscriber
 
 
 def add(kind: str, subscriber: Subscriber, **data) -> OutboxEmail:
     """Stage an email in the caller's transaction; dispatch it after the commit."""
-    if kind not in SUBJECTS:
+    if kind not in SUBJECTS or kind in STAFF_KINDS:
         raise ValueError(f"unknown email kind {kind!r}")
     email = OutboxEmail(kind=kind, subscriber_id=subscriber.id, data=data)
+    db.session.add(email)
+    return email
+
+
+def add_for_staff(kind: str, staff: Staff) -> OutboxEmail:
+    """Stage a studio email (invitation, sign-in link) to a staff member, like `add`."""
+    if kind not in STAFF_KINDS:
+        raise ValueError(f"unknown studio email kind {kind!r}")
+    email = OutboxEmail(kind=kind, data={"staff_id": staff.id})
     db.session.add(email)
     return email
 
@@ -67,11 +80,11 @@ def send(outbox_id: int) -> bool:
     email = _claim(outbox_id)
     if email is None:
         return False
-    subscriber = db.session.get(Subscriber, email.subscriber_id) if email.subscriber_id else None
-    if subscriber is None:
-        return _give_up(email, "the subscriber is gone")
+    message = _message(email)
+    if message is None:
+        return _give_up(email, "the recipient is gone")
     try:
-        mailer.send_message(compose(email, subscriber))
+        mailer.send_message(message)
     except transports.DeliveryError as error:
         return _give_up(email, str(error)) if error.permanent else _retry_later(email, str(error))
     except (smtplib.SMTPException, OSError) as error:
@@ -98,6 +111,14 @@ def flush() -> int:
     return len(ids)
 
 
+def _message(email: OutboxEmail):
+    if email.kind in STAFF_KINDS:
+        staff = db.session.get(Staff, (email.data or {}).get("staff_id") or 0)
+        return compose_for_staff(email.kind, staff) if staff else None
+    subscriber = db.session.get(Subscriber, email.subscriber_id) if email.subscriber_id else None
+    return compose(email, subscriber) if subscriber else None
+
+
 def compose(email: OutboxEmail, subscriber: Subscriber):
     """Render the email now, so its link's lifetime starts when it is sent."""
     context = {
@@ -111,6 +132,32 @@ def compose(email: OutboxEmail, subscriber: Subscriber):
     text, html = mailer.render_pair(email.kind, **context)
     subject = SUBJECTS[email.kind].format(publication=context["publication"])
     return mailer.build(subscriber.email, subscriber.name, subject, text, html, headers=links.list_headers(subscriber))
+
+
+def compose_for_staff(kind: str, staff: Staff):
+    """A studio link to one staff member: single use (the token carries the account's link generation)."""
+    context = {
+        "publication": publication.name(),
+        "staff_name": staff.name,
+        "action_url": staff_link(kind, staff),
+        "valid_for": _duration(current_app.config[tokens.PURPOSES[kind]]),
+    }
+    text, html = mailer.render_pair(kind, **context)
+    subject = SUBJECTS[kind].format(publication=context["publication"])
+    return mailer.build(staff.email, staff.name, subject, text, html)
+
+
+def staff_link(kind: str, staff: Staff) -> str:
+    """The invitation or sign-in link for this account, as mailed (the CLI prints it in development)."""
+    return links.external(ACTION_ENDPOINTS[kind], token=tokens.make(kind, staff.id, staff.email, staff.link_generation))
+
+
+def _duration(seconds: int) -> str:
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            count = round(seconds / size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    return f"{seconds} seconds"
 
 
 def _action_url(email: OutboxEmail, subscriber: Subscriber) -> str | None:

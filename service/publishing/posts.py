@@ -1,10 +1,11 @@
-"""Publishing posts: create, edit, delete, list; HTML and teaser rendered once on save."""
+"""Publishing posts: create, edit, schedule, delete, list; HTML and teaser rendered once on save."""
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from slugify import slugify
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from ..errors import Conflict, NotFound, ValidationError
 from ..extensions import db
@@ -12,7 +13,7 @@ from ..models import VISIBILITIES, Post, PublicationSettings, utcnow
 from . import content, publication
 
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-FIELDS = {"title", "body", "visibility", "published", "slug"}
+FIELDS = {"title", "body", "visibility", "published", "slug", "scheduled_at"}
 
 
 def create(title, body, visibility="subscribers", published=False, slug=None) -> Post:
@@ -42,6 +43,8 @@ def update(slug: str, changes: dict) -> Post:
     if "slug" in changes and changes["slug"] != post.slug:
         fields["slug"] = _valid_slug(changes["slug"])
         _ensure_free(fields["slug"])
+    if "scheduled_at" in changes:
+        fields["scheduled_at"] = _schedule_time(changes["scheduled_at"])
     for name, value in fields.items():
         setattr(post, name, value)
     if "body" in fields:
@@ -49,10 +52,30 @@ def update(slug: str, changes: dict) -> Post:
     if post.published and post.published_at is None:
         publication.lock()
         post.published_at = utcnow()
-    if not post.published:
+    if post.published:
+        post.scheduled_at = None  # published now: nothing left for beat to do
+    else:
         post.published_at = None
     db.session.commit()
     return post
+
+
+def publish_due(now: datetime | None = None) -> list[str]:
+    """Beat's work: publish every draft whose scheduled time has come; their slugs.
+
+    Published under the publication lock, stamped with the moment of publishing, like `update`: the
+    next digest of each reader's cadence carries them."""
+    due = (Post.published.is_(False), Post.scheduled_at <= (now or utcnow()))
+    if db.session.scalar(select(Post.id).where(*due).limit(1)) is None:
+        db.session.rollback()
+        return []  # the common case: no write, no lock
+    db.session.commit()
+    publication.lock()
+    posts = db.session.scalars(select(Post).where(*due)).all()
+    for post in posts:
+        post.published, post.published_at, post.scheduled_at = True, utcnow(), None
+    db.session.commit()
+    return [post.slug for post in posts]
 
 
 def delete(slug: str) -> None:
@@ -79,8 +102,20 @@ def published(limit: int | None = None) -> list[Post]:
     return list(db.session.scalars(query.limit(limit)))
 
 
-def every() -> list[Post]:
-    return list(db.session.scalars(select(Post).order_by(Post.created_at.desc(), Post.id.desc())))
+def every(title_contains: str | None = None) -> list[Post]:
+    """Every post, newest first; only those whose title contains the words given, when given."""
+    query = select(Post).order_by(Post.created_at.desc(), Post.id.desc())
+    if title_contains and title_contains.strip():
+        query = query.where(func.lower(Post.title).contains(title_contains.strip().lower(), autoescape=True))
+    return list(db.session.scalars(query))
+
+
+def preview(title, body, visibility="subscribers", slug=None) -> Post:
+    """A post as it would be saved, rendered but never stored: for the editor's preview."""
+    fields = _validated({"title": title, "body": body, "visibility": visibility}, required=("title", "body"))
+    post = Post(**fields, slug=slug or slugify(fields["title"], max_length=80) or "post", published=False)
+    _render(post)
+    return post
 
 
 def update_settings(changes: dict) -> PublicationSettings:
@@ -115,12 +150,28 @@ def _validated(values: dict, required: tuple[str, ...] = ()) -> dict:
     }
     out = {}
     for name, value in values.items():
-        if name == "slug":
+        if name in ("slug", "scheduled_at"):  # checked on their own
             continue
         if not checks[name](value):
             raise ValidationError(_problem(name), field=name)
         out[name] = value.strip() if name == "title" else value
     return out
+
+
+def _schedule_time(value) -> datetime | None:
+    """A moment in the future (a datetime with its zone, or ISO 8601 text with an offset), or None: not scheduled."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value)
+        except ValueError:
+            value = None
+    if not isinstance(value, datetime) or value.tzinfo is None:
+        raise ValidationError("scheduled_at must be a date and time with its time zone", field="scheduled_at")
+    if value <= utcnow():
+        raise ValidationError("The scheduled time has passed: choose a moment in the future.", field="scheduled_at")
+    return value
 
 
 def _problem(name: str) -> str:

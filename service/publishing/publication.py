@@ -1,6 +1,7 @@
 """The publisher's settings row, read once per request."""
 from __future__ import annotations
 
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import current_app, g, has_request_context
@@ -19,7 +20,9 @@ EDITABLE = {
     "timezone": str,
     "teaser_words": int,
     "blocked_domains": str,
+    "embed_origins": str,
 }
+LISTS = ("blocked_domains", "embed_origins")  # also taken as JSON lists, kept as comma-separated text
 
 
 def settings() -> PublicationSettings:
@@ -52,8 +55,28 @@ def blocked_domains() -> frozenset[str]:
 
 
 def _blocked_domains() -> frozenset[str]:
-    text = settings().blocked_domains or ""
-    return frozenset(part.strip().lower() for part in text.replace("\n", ",").split(",") if part.strip())
+    return frozenset(part.lower() for part in _split(settings().blocked_domains or ""))
+
+
+def zone() -> ZoneInfo:
+    """The publisher's time zone: send hours, schedules and the studio's clocks are read in it."""
+    return ZoneInfo(settings().timezone)
+
+
+def embed_origins() -> list[str]:
+    """Origins allowed to frame the signup form: the studio's setting, else KEEPREADING_EMBED_ORIGINS."""
+    return memory.remember("embed-origins", _embed_origins)
+
+
+def _embed_origins() -> list[str]:
+    text = settings().embed_origins
+    if text is None:
+        return list(current_app.config["EMBED_ORIGINS"])
+    return _split(text)
+
+
+def _split(text: str) -> list[str]:
+    return [part.strip() for part in text.replace("\n", ",").split(",") if part.strip()]
 
 
 def as_dict(row: PublicationSettings | None = None) -> dict:
@@ -66,19 +89,27 @@ def as_dict(row: PublicationSettings | None = None) -> dict:
         "timezone": row.timezone,
         "teaser_words": row.teaser_words,
         "blocked_domains": sorted(blocked_domains()),
+        "embed_origins": embed_origins(),
     }
 
 
 def update(changes: dict) -> PublicationSettings:
     """Validate and apply the publisher's changes (posts.update_settings also recuts the teasers)."""
     row = settings()
-    if "blocked_domains" in changes and isinstance(changes["blocked_domains"], list):
-        changes = {**changes, "blocked_domains": ",".join(map(str, changes["blocked_domains"]))}
+    changes = {field: ",".join(map(str, value)) if field in LISTS and isinstance(value, list) else value
+               for field, value in changes.items()}
     for field, value in changes.items():
         _check(field, value)
-        setattr(row, field, value)
+        setattr(row, field, _stored(field, value))
     db.session.commit()
     return row
+
+
+def _stored(field: str, value):
+    """Embed origins are kept as browsers compare them in frame-ancestors (scheme://host[:port])."""
+    if field == "embed_origins":
+        return ",".join(_origin(each) for each in _split(value))
+    return value
 
 
 def _check(field: str, value) -> None:
@@ -97,6 +128,13 @@ def _check(field: str, value) -> None:
     }
     if field in rules and not rules[field](value):
         raise ValidationError(f"{field} has an invalid value", field=field)
+
+
+def _origin(value: str) -> str:
+    parts = urlsplit(value.strip().rstrip("/"))
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query or parts.fragment:
+        raise ValidationError(f"{value!r} is not an origin like https://blog.example", field="embed_origins")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 def _is_zone(value: str) -> bool:

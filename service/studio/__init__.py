@@ -1,1 +1,1 @@
-"""The publisher's web app under /studio: dashboard, subscribers, posts, digests, settings."""
+"""The studio: the publisher's web app under /studio (staff accounts and sessions, posts, digests, settings)."""

@@ -52,6 +52,7 @@ def post_json(post: Post) -> dict:
         "visibility": post.visibility,
         "published": post.published,
         "published_at": post.published_at.isoformat() if post.published_at else None,
+        "scheduled_at": post.scheduled_at.isoformat() if post.scheduled_at else None,
         "updated_at": post.updated_at.isoformat(),
         "body": post.body,
     }

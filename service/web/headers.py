@@ -1,8 +1,10 @@
 """Headers on every response: no framing (but the embed form), no sniffing, a strict referrer policy."""
 from __future__ import annotations
 
-from flask import Flask, Response, current_app, g, request
+from flask import Flask, Response, g, request
 from flask.sessions import SecureCookieSessionInterface
+
+from ..publishing import publication
 
 FRAMABLE_ENDPOINTS = {"embed.form"}
 
@@ -19,7 +21,7 @@ def register(app: Flask) -> None:
 def add_headers(response: Response) -> Response:
     """Views never set these headers themselves, so they are appended without a look-up each."""
     if request.endpoint in FRAMABLE_ENDPOINTS or g.get("framable"):
-        ancestors = " ".join(["'self'", *current_app.config["EMBED_ORIGINS"]])
+        ancestors = " ".join(["'self'", *publication.embed_origins()])
         response.headers.extend([*COMMON, ("Content-Security-Policy", f"frame-ancestors {ancestors}")])
     else:
         response.headers.extend(NO_FRAMING)

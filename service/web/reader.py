@@ -29,7 +29,7 @@ def article(slug: str):
     if request.args.get("t"):
         return _article_from_link(slug)
     status = access.session_status()
-    page = _kept(("article", slug, status), lambda: _article_page(posts.get_published(slug), status))
+    page = _kept(("article", slug, status), lambda: article_page(posts.get_published(slug), status))
     return private(make_response(page))
 
 
@@ -38,13 +38,13 @@ def _article_from_link(slug: str):
     post = posts.get_published(slug)
     link = access.article_link(request.args.get("t"), post)
     reader = link.reader or access.current_reader()
-    response = private(make_response(_article_page(post, access.status_of(reader), link.expired)))
+    response = private(make_response(article_page(post, access.status_of(reader), link.expired)))
     if link.reader:
         access.sign_in(response, link.reader)
     return response
 
 
-def _article_page(post, status: str | None, link_expired: bool = False) -> str:
+def article_page(post, status: str | None, link_expired: bool = False) -> str:
     """The page for a reader of this status: gating decided by the status the page is kept under."""
     allowed = access.can_read(status, post)
     return render_template(
