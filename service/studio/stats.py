@@ -293,6 +293,13 @@ def sources(first: date, last: date, limit: int = SOURCES_SHOWN) -> list[Source]
     return [Source(key, *_describe(key, titles), int(signed), int(confirmed)) for key, signed, confirmed in rows]
 
 
+def describe_source(key: str) -> tuple[str, str | None]:
+    """One source key as a person reads it (a post's title, looked up), and where it links to."""
+    slug = key[5:] if key.startswith("post:") else None
+    titles = {slug: db.session.scalar(select(Post.title).where(Post.slug == slug)) or slug} if slug else {}
+    return _describe(key, titles)
+
+
 def _describe(key: str, titles: dict[str, str]) -> tuple[str, str | None]:
     """A source key as a person reads it, and where it links to."""
     kind, _, rest = key.partition(":")
