@@ -4,7 +4,7 @@ from __future__ import annotations
 from datetime import date, datetime, timezone
 from typing import Optional
 
-from sqlalchemy import DDL, JSON, CheckConstraint, Date, ForeignKey, Index, String, Text, UniqueConstraint, event
+from sqlalchemy import JSON, CheckConstraint, Date, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import DateTime, TypeDecorator
 
@@ -116,14 +116,12 @@ class Subscriber(db.Model):
     __table_args__ = (
         CheckConstraint(_in("status", STATUSES), name="ck_subscribers_status"),
         CheckConstraint(_in("frequency", FREQUENCIES), name="ck_subscribers_frequency"),
-        # The studio's search by any part of an address: a trigram index on PostgreSQL (a plain one on SQLite).
-        Index("ix_subscribers_email_trigram", "email", postgresql_using="gin", postgresql_ops={"email": "gin_trgm_ops"}),
+        # The studio's list: a status filter in id order, a search by the start of the address (with or without
+        # a status) in address order. pattern_ops: LIKE 'start%' uses the index whatever the collation.
+        Index("ix_subscribers_status_id", "status", "id"),
+        Index("ix_subscribers_status_email", "status", "email", postgresql_ops={"email": "varchar_pattern_ops"}),
+        Index("ix_subscribers_email_prefix", "email", postgresql_ops={"email": "varchar_pattern_ops"}),
     )
-
-
-# The trigram index needs its extension (trusted since PostgreSQL 13: a database owner may create it).
-event.listen(Subscriber.__table__, "before_create",
-             DDL("CREATE EXTENSION IF NOT EXISTS pg_trgm").execute_if(dialect="postgresql"))
 
 
 class Digest(db.Model):

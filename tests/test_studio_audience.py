@@ -113,8 +113,8 @@ def test_the_list_searches_filters_and_pages_by_keyset(app, client, publisher):
     assert listed(text_of(client.get(newer))) == listed(first)
 
     found = text_of(client.get("/studio/subscribers?q=R11&status=pending"))
-    assert listed(found) == ["r119@example.org", "r117@example.org", "r115@example.org", "r113@example.org",
-                             "r111@example.org", "r11@example.org"]
+    assert listed(found) == ["r111@example.org", "r113@example.org", "r115@example.org", "r117@example.org",
+                             "r119@example.org", "r11@example.org"]
     assert 'value="R11"' in found and '<option value="pending" selected>' in found
     refused = client.get("/studio/subscribers?status=royalty")
     assert refused.status_code == 422 and 'role="alert"' in refused.get_data(as_text=True)
@@ -123,11 +123,13 @@ def test_the_list_searches_filters_and_pages_by_keyset(app, client, publisher):
 def test_a_deep_page_costs_what_the_first_costs(app, client, publisher):
     with app.app_context():
         ids = seed_list(400)
-    with app.app_context(), counting() as first:
-        text_of(client.get("/studio/subscribers?status=confirmed&q=example"))
-    with app.app_context(), counting() as deep:
-        page = text_of(client.get(f"/studio/subscribers?status=confirmed&q=example&after={ids[20]}"))
-    assert len(listed(page)) == 10 and len(first.statements) == len(deep.statements)
+    for deep_link in (f"?after={ids[20]}", f"?status=confirmed&q=r&after={ids[300]}"):
+        plain = deep_link.split("after=")[0].rstrip("&?")
+        with app.app_context(), counting() as first:
+            text_of(client.get(f"/studio/subscribers?{plain.lstrip('?')}"))
+        with app.app_context(), counting() as deep:
+            page = text_of(client.get(f"/studio/subscribers{deep_link}"))
+        assert listed(page) and len(first.statements) == len(deep.statements), deep_link
 
 
 def test_a_subscribers_page_costs_the_same_statements_with_150_deliveries_as_with_one(app, client, publisher):

@@ -109,8 +109,8 @@ def update_settings():
 
 @bp.get("/subscribers")
 def list_subscribers():
-    """Subscribers, newest first: keyset pages with ?after=<id> (next_after in each answer), numbered pages with
-    ?page=N (and the total), or every one as CSV with ?format=csv. ?status= and ?q= (part of the address) filter."""
+    """Subscribers, newest first: keyset pages with ?after=<id> (next_after in each answer; A to Z with ?q=), numbered
+    pages with ?page=N (and the total), or every one as CSV with ?format=csv. ?status= and ?q= (the address's start) filter."""
     if request.args.get("format") == "csv":
         return subscriber_csv.export_text(), 200, {
             "Content-Type": "text/csv; charset=utf-8",

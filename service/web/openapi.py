@@ -47,7 +47,8 @@ PATHS: dict = {
             "summary": "List subscribers (keyset or numbered pages), or export them all as CSV",
             "parameters": [
                 {"name": "status", "in": "query", "schema": {"type": "string", "enum": STATUS_VALUES}},
-                {"name": "q", "in": "query", "schema": {"type": "string"}, "description": "part of the address"},
+                {"name": "q", "in": "query", "schema": {"type": "string"},
+                 "description": "the start of the address (keyset pages then run from A to Z)"},
                 {"name": "after", "in": "query", "schema": {"type": "integer"},
                  "description": "keyset page: the subscribers older than this id (pass the previous answer's next_after)"},
                 {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "default": 1},

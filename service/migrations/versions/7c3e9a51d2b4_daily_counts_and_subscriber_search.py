@@ -1,4 +1,4 @@
-"""daily counts for the dashboard, subscriber search and timeline indexes
+"""daily counts for the dashboard, indexes for the subscriber list and timelines
 
 Revision ID: 7c3e9a51d2b4
 Revises: bc471d09d1a8
@@ -34,16 +34,19 @@ def upgrade():
         batch_op.create_index('ix_events_created_at', ['created_at'], unique=False)
         batch_op.create_index('ix_events_subscriber_id', ['subscriber_id'], unique=False)
 
-    if op.get_bind().dialect.name == 'postgresql':
-        op.execute('CREATE EXTENSION IF NOT EXISTS pg_trgm')
     with op.batch_alter_table('subscribers', schema=None) as batch_op:
-        batch_op.create_index('ix_subscribers_email_trigram', ['email'], unique=False,
-                              postgresql_using='gin', postgresql_ops={'email': 'gin_trgm_ops'})
+        batch_op.create_index('ix_subscribers_status_id', ['status', 'id'], unique=False)
+        batch_op.create_index('ix_subscribers_status_email', ['status', 'email'], unique=False,
+                              postgresql_ops={'email': 'varchar_pattern_ops'})
+        batch_op.create_index('ix_subscribers_email_prefix', ['email'], unique=False,
+                              postgresql_ops={'email': 'varchar_pattern_ops'})
 
 
 def downgrade():
     with op.batch_alter_table('subscribers', schema=None) as batch_op:
-        batch_op.drop_index('ix_subscribers_email_trigram')
+        batch_op.drop_index('ix_subscribers_email_prefix')
+        batch_op.drop_index('ix_subscribers_status_email')
+        batch_op.drop_index('ix_subscribers_status_id')
     with op.batch_alter_table('events', schema=None) as batch_op:
         batch_op.drop_index('ix_events_subscriber_id')
         batch_op.drop_index('ix_events_created_at')
