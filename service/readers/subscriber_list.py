@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from ..errors import NotFound, ValidationError
 from ..extensions import db
@@ -44,6 +44,12 @@ NEWEST_FIRST = Order(Subscriber.id.desc(), Subscriber.id.asc(), lambda id_: Subs
 # A search reads the address index from where the typed start begins: the cursor stays an id (no address in a URL).
 BY_ADDRESS = Order(Subscriber.email.asc(), Subscriber.email.desc(), lambda id_: Subscriber.email > _address_of(id_),
                    lambda id_: Subscriber.email < _address_of(id_))
+# PostgreSQL compares in byte order with its pattern operators whatever the database's collation, so the
+# varchar_pattern_ops indexes serve the LIKE range, the order and the cursor at once (a collation's ORDER BY
+# could not use them: it read 445,000 rows to find 51 at 1,000,000 subscribers). SQLite compares bytes anyway.
+BY_ADDRESS_BYTES = Order(text("subscribers.email USING ~<~"), text("subscribers.email USING ~>~"),
+                         lambda id_: Subscriber.email.op("~>~")(_address_of(id_)),
+                         lambda id_: Subscriber.email.op("~<~")(_address_of(id_)))
 
 
 def page(search: str = "", status: str | None = None, after: int | None = None, before: int | None = None,
@@ -51,7 +57,7 @@ def page(search: str = "", status: str | None = None, after: int | None = None, 
     """Subscribers newest first, or those whose address starts with `search` from A to Z; of one status if given.
 
     Keyset pages: one index range whatever the depth, so page 10,000 costs what page 1 does."""
-    order = BY_ADDRESS if search.strip() else NEWEST_FIRST
+    order = _by_address() if search.strip() else NEWEST_FIRST
     matching = select(Subscriber).where(*conditions(search, status))
     if before is not None:
         rows = _rows(matching.where(order.before(before)).order_by(order.backwards), size + 1)
@@ -65,6 +71,10 @@ def page(search: str = "", status: str | None = None, after: int | None = None, 
     older_exist, rows = len(rows) > size, rows[:size]
     newer = (rows[0].id if rows else after) if after is not None else None
     return Page(rows, newer, rows[-1].id if older_exist else None)
+
+
+def _by_address() -> Order:
+    return BY_ADDRESS_BYTES if db.session.get_bind().dialect.name == "postgresql" else BY_ADDRESS
 
 
 def conditions(search: str = "", status: str | None = None) -> list:
@@ -90,7 +100,7 @@ class Record:
 
     subscriber: Subscriber
     events: list[Event]
-    deliveries: list[tuple[Delivery, Digest]]
+    deliveries: list  # rows: run (the digest id), frequency, status, sent_at, attempts, error
     emails: list[OutboxEmail]
 
 
@@ -106,9 +116,10 @@ def record(subscriber_id: int) -> Record:
     subscriber = get(subscriber_id)
     events = db.session.scalars(select(Event).where(Event.subscriber_id == subscriber_id)
                                 .order_by(Event.id.desc()).limit(TIMELINE))
-    deliveries = db.session.execute(select(Delivery, Digest).join(Digest, Digest.id == Delivery.digest_id)
-                                    .where(Delivery.subscriber_id == subscriber_id)
-                                    .order_by(Delivery.digest_id.desc()).limit(TIMELINE))
+    deliveries = db.session.execute(  # plain rows: a hundred of them, read-only
+        select(Delivery.digest_id.label("run"), Digest.frequency, Delivery.status, Delivery.sent_at, Delivery.attempts,
+               Delivery.error).join(Digest, Digest.id == Delivery.digest_id)
+        .where(Delivery.subscriber_id == subscriber_id).order_by(Delivery.digest_id.desc()).limit(TIMELINE))
     emails = db.session.scalars(select(OutboxEmail).where(OutboxEmail.subscriber_id == subscriber_id)
                                 .order_by(OutboxEmail.id.desc()).limit(TIMELINE))
-    return Record(subscriber, list(events), [(delivery, digest) for delivery, digest in deliveries], list(emails))
+    return Record(subscriber, list(events), deliveries.all(), list(emails))

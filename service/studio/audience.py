@@ -4,8 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask import Response, current_app, flash, redirect, render_template, request, stream_with_context, url_for
+from markupsafe import Markup
 
 from ..errors import Conflict, NotFound, ValidationError, show_form_errors_on
+from ..models import utcnow
+from ..publishing import memory
 from ..readers import subscriber_csv, subscriber_list, subscriptions
 from . import charts, stats
 from .views import bp, staff_required
@@ -21,8 +24,16 @@ IMPORT_LIMIT = 20 * 1024 * 1024  # a whole list, as the API takes it
 def dashboard():
     days = request.args.get("days", 90, type=int)
     days = days if days in RANGES else 90
+    # The figures change only when the roll-up runs (every minute): rendered once per roll-up, range and day,
+    # then kept a moment (PAGE_CACHE_SECONDS) by the process, so a busy dashboard costs one statement.
+    key = ("studio-dashboard", days, stats.rolled_up_at(), utcnow().date())
+    figures = memory.remember(key, lambda: _figures(days))
+    return render_template("studio/dashboard.html", figures=figures)
+
+
+def _figures(days: int) -> Markup:
     board = stats.dashboard(days)
-    return render_template("studio/dashboard.html", board=board, days=days, ranges=RANGES, charts=_charts(board))
+    return Markup(render_template("studio/_dashboard.html", board=board, days=days, ranges=RANGES, charts=_charts(board)))
 
 
 def _charts(board: stats.Dashboard) -> list[charts.Chart]:

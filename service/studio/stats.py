@@ -268,7 +268,7 @@ def dashboard(days: int = 90, today: date | None = None) -> Dashboard:
                                .where(DailyCount.metric == NET, DailyCount.day < first))
     month = slice(days - 30, days)
     return Dashboard(days=span, series=series, subscribers=_running_total(int(before), series[NET]),
-                     sources=sources(first, today), as_of=_as_of(),
+                     sources=sources(first, today), as_of=rolled_up_at(),
                      totals={metric: sum(values[month]) for metric, values in series.items()})
 
 
@@ -311,6 +311,7 @@ def _describe(key: str, titles: dict[str, str]) -> tuple[str, str | None]:
             "import": ("CSV import", None)}.get(key, ("Not recorded", None))
 
 
-def _as_of() -> datetime | None:
+def rolled_up_at() -> datetime | None:
+    """When the daily counts were last brought up to date (None before the first roll-up)."""
     moment = db.session.scalar(select(RollupMark.rolled_up_at).where(RollupMark.stream == DAYS))
     return _as_datetime(moment) if moment is not None else None
