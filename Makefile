@@ -20,7 +20,7 @@ install: $(STAMP)
 run: $(STAMP)
 	$(RUN_ENV) $(VENV)/bin/keepreading db upgrade
 	$(RUN_ENV) $(VENV)/bin/keepreading demo --if-empty
-	$(RUN_ENV) $(VENV)/bin/keepreading staff ensure-first
+	KEEPREADING_BASE_URL=$${KEEPREADING_BASE_URL:-http://127.0.0.1:$${PORT:-5000}} $(RUN_ENV) $(VENV)/bin/keepreading staff ensure-first
 	$(RUN_ENV) $(PY) -m service.devserver
 
 test: $(STAMP)

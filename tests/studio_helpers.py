@@ -33,8 +33,8 @@ class Publisher:
         found = self.client.get_cookie(COOKIE, path="/studio")
         return found.value if found else None
 
-    def form(self, page_path: str, action: str, **fields):
-        """GET the page holding the form, then POST the form to `action` with its CSRF token."""
+    def form(self, page_path: str, target: str, /, **fields):
+        """GET the page holding the form, then POST the form to `target` with its CSRF token."""
         page = self.client.get(page_path)
         assert page.status_code == 200, page.data[:500]
-        return self.client.post(action, data={"csrf_token": csrf_token(page.data), **fields})
+        return self.client.post(target, data={"csrf_token": csrf_token(page.data), **fields})

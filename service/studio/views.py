@@ -406,7 +406,8 @@ def _settings_context() -> dict:
         "zones": sorted(available_timezones()),
         "weekdays": WEEKDAYS,
         "embed_script": f'<script src="{base_url}/embed.js" data-keepreading></script>',
-        "embed_form": f'<form method="post" action="{base_url}/subscribe">\n  <input type="email" name="email" required>\n'
+        "embed_form": f'<form method="post" action="{base_url}/subscribe">\n'
+                      '  <label>Email address <input type="email" name="email" required></label>\n'
                       '  <button>Subscribe</button>\n</form>',
     }
 
