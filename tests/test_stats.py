@@ -208,9 +208,10 @@ def test_the_beat_task_rolls_up(app):
         assert sum(counts("signups").values()) == 1
 
 
-def seed_history(readers: int, days: int = 60) -> None:
-    """`readers` confirmed subscribers, each with a signup and a confirmation event spread over `days` days."""
-    start = MONDAY - timedelta(days=days)
+def seed_history(readers: int, days: int = 60, end: datetime = MONDAY) -> None:
+    """`readers` confirmed subscribers, each with a signup and a confirmation event spread over the `days` days
+    before `end`."""
+    start = end - timedelta(days=days)
     rows = [{"email": f"h{n}@example.com", "name": "", "status": "confirmed", "frequency": "default",
              "created_at": start + timedelta(days=n % days), "confirmed_at": start + timedelta(days=n % days),
              "consent_source": f"https://site{n % 7}.example/page{n}"} for n in range(readers)]

@@ -9,8 +9,9 @@ import math
 from dataclasses import dataclass
 from datetime import date
 
-WIDTH, HEIGHT = 480, 220
-LEFT, RIGHT, TOP, BOTTOM = 46, 14, 12, 28  # room for the axis labels
+WIDTH, HEIGHT = 480, 240
+LEFT, RIGHT, TOP, BOTTOM = 64, 16, 14, 32  # room for the axis labels
+FONT_SIZE = 15  # about 10 px on a phone, where the chart is drawn at 330 px wide
 STYLES = (  # (stroke colour, dash pattern, end marker): told apart without colour too
     ("#b3471d", "", "circle"),
     ("#1d5fb3", "6 4", "square"),
@@ -37,6 +38,7 @@ class Chart:
     x_ticks: list[tuple[float, str]]
     width: int = WIDTH
     height: int = HEIGHT
+    font_size: int = FONT_SIZE
     left: int = LEFT
     right: int = WIDTH - RIGHT
     top: int = TOP
