@@ -448,7 +448,7 @@ def bench_studio(quick: bool) -> None:
         (f"subscriber search (q=reader{middle // 10})", f"/studio/subscribers?q=reader{middle // 10}"),
         (f"deep list page (~page {count // 50 - 20:,}, confirmed only)",
          f"/studio/subscribers?status=confirmed&after={seeded['first_id'] + 1000}"),
-        (f"a subscriber's page ({runs} deliveries)", f"/studio/subscribers/{seeded['first_id'] + 1}"),
+        (f"a subscriber's page ({runs} digests: counted, the latest 20 listed)", f"/studio/subscribers/{seeded['first_id'] + 1}"),
     ]
     with gunicorn("wsgi:app", app_env(), ROOT) as url:
         results = [(name, wrk(url + path, seconds, "-H", cookie)) for name, path in pages]

@@ -96,7 +96,7 @@ def test_a_deep_page_costs_one_statement_like_the_first(app):
         assert [row.email for row in found.subscribers] == [e for e in expected if e > "r300@example.org"][:50]
 
 
-def test_a_subscribers_record_holds_consent_events_deliveries_and_mail_in_four_statements(app):
+def test_a_subscribers_record_holds_consent_events_deliveries_and_mail_in_five_statements(app):
     with app.app_context():
         subscriptions.subscribe(Signup(email="ada@example.org", source="http://localhost/p/x", ip="192.0.2.7",
                                        user_agent="Firefox"))
@@ -114,10 +114,10 @@ def test_a_subscribers_record_holds_consent_events_deliveries_and_mail_in_four_s
             found = subscriber_list.record(ada_id)
             assert found.subscriber.consent_ip == "192.0.2.7" and found.subscriber.consent_source == "http://localhost/p/x"
             assert [event.kind for event in found.events] == ["confirmed", "signup"]
-            assert len(found.deliveries) == subscriber_list.TIMELINE
+            assert len(found.deliveries) == subscriber_list.RECENT and found.delivery_counts == {"sent": 150}
             assert found.deliveries[0].run == last_run and found.deliveries[0].status == "sent"
             assert [email.kind for email in found.emails] == ["welcome", "confirm"]
-        assert len(tally.statements) == 4
+        assert len(tally.statements) == 5
         with pytest.raises(NotFound):
             subscriber_list.record(ada_id + 1000)
 

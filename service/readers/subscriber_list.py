@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from ..errors import NotFound, ValidationError
 from ..extensions import db
@@ -12,7 +12,8 @@ from ..models import STATUSES, Delivery, Digest, Event, OutboxEmail, Subscriber
 
 LISTED = tuple(status for status in STATUSES if status != "deleted")  # an erased subscriber's row is gone
 PAGE_SIZE = 50
-TIMELINE = 100  # events and deliveries shown on a subscriber's page, newest first
+TIMELINE = 50  # events shown on a subscriber's page, newest first
+RECENT = 20  # digests and other emails shown there (the digests are counted by outcome besides)
 SEARCH_LIMIT = 320
 
 
@@ -100,7 +101,8 @@ class Record:
 
     subscriber: Subscriber
     events: list[Event]
-    deliveries: list  # rows: run (the digest id), frequency, status, sent_at, attempts, error
+    deliveries: list  # the latest, as rows: run (the digest id), frequency, status, sent_at, attempts, error
+    delivery_counts: dict[str, int]  # every digest to this subscriber, by outcome
     emails: list[OutboxEmail]
 
 
@@ -112,14 +114,16 @@ def get(subscriber_id: int) -> Subscriber:
 
 
 def record(subscriber_id: int) -> Record:
-    """The subscriber, their latest events, digest deliveries and transactional mail: four statements."""
+    """The subscriber, their latest events, digests (and how many of each outcome) and other emails: five statements."""
     subscriber = get(subscriber_id)
     events = db.session.scalars(select(Event).where(Event.subscriber_id == subscriber_id)
                                 .order_by(Event.id.desc()).limit(TIMELINE))
-    deliveries = db.session.execute(  # plain rows: a hundred of them, read-only
+    deliveries = db.session.execute(  # plain rows: read-only
         select(Delivery.digest_id.label("run"), Digest.frequency, Delivery.status, Delivery.sent_at, Delivery.attempts,
                Delivery.error).join(Digest, Digest.id == Delivery.digest_id)
-        .where(Delivery.subscriber_id == subscriber_id).order_by(Delivery.digest_id.desc()).limit(TIMELINE))
+        .where(Delivery.subscriber_id == subscriber_id).order_by(Delivery.digest_id.desc()).limit(RECENT))
+    counts = db.session.execute(select(Delivery.status, func.count()).where(Delivery.subscriber_id == subscriber_id)
+                                .group_by(Delivery.status))
     emails = db.session.scalars(select(OutboxEmail).where(OutboxEmail.subscriber_id == subscriber_id)
-                                .order_by(OutboxEmail.id.desc()).limit(TIMELINE))
-    return Record(subscriber, list(events), deliveries.all(), list(emails))
+                                .order_by(OutboxEmail.id.desc()).limit(RECENT))
+    return Record(subscriber, list(events), deliveries.all(), {status: number for status, number in counts}, list(emails))
