@@ -233,3 +233,20 @@ def test_the_pages_are_for_staff_only(app, client):
 def test_the_dashboard_before_any_roll_up(app, client, publisher):
     page = text_of(client.get("/studio/"))
     assert "No figures yet" in page and "No signups in this period yet." in page
+
+
+def test_the_api_answers_the_same_figures(app, client, admin):
+    with app.app_context():
+        slug = posts.create("Harbour notes", "Words.", "subscribers", True).slug
+    Reader(client, "ada@example.org").subscribe(source=f"{BASE_URL}/p/{slug}")
+    with app.app_context():
+        stats.roll_up()
+    answer = admin.get("/stats?days=30")
+    assert answer.status_code == 200
+    figures = answer.get_json()
+    assert figures["confirmed"] == 0 and figures["last_30_days"]["signups"] == 1 and len(figures["days"]) == 31
+    assert figures["days"][-1]["signups"] == 1 and figures["days"][-1]["day"] == utcnow().date().isoformat()
+    assert figures["sources"] == [{"source": f"post:{slug}", "label": "Harbour notes", "signups": 1, "confirmations": 0}]
+    assert len(admin.get("/stats?days=5000").get_json()["days"]) == stats.MAX_DAYS
+    assert client.get("/api/v1/stats").status_code == 401
+    assert "/stats" in client.get("/api/v1/openapi.json").get_json()["paths"]

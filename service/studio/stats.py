@@ -250,12 +250,13 @@ class Dashboard:
 
 SERIES = (*RECOUNTED, DIGESTS_SENT, DIGESTS_FAILED)
 SOURCES_SHOWN = 20
+MAX_DAYS = 366
 
 
 def dashboard(days: int = 90, today: date | None = None) -> Dashboard:
     """The figures for the last `days` days (at least 31, for the 30-day change): four statements, whatever the size."""
     today = today or utcnow().date()
-    days = max(days, 31)
+    days = min(max(days, 31), MAX_DAYS)
     first = today - timedelta(days=days - 1)
     span = [first + timedelta(days=n) for n in range(days)]
     series = {metric: [0] * days for metric in SERIES}
@@ -270,6 +271,22 @@ def dashboard(days: int = 90, today: date | None = None) -> Dashboard:
     return Dashboard(days=span, series=series, subscribers=_running_total(int(before), series[NET]),
                      sources=sources(first, today), as_of=rolled_up_at(),
                      totals={metric: sum(values[month]) for metric, values in series.items()})
+
+
+def as_dict(board: Dashboard) -> dict:
+    """The dashboard as the admin API answers it."""
+    rate = board.confirmation_rate
+    return {
+        "as_of": board.as_of.isoformat() if board.as_of else None,
+        "confirmed": board.confirmed,
+        "change": {"7_days": board.change(7), "30_days": board.change(30)},
+        "confirmation_rate_30_days": round(rate, 4) if rate is not None else None,
+        "last_30_days": board.totals,
+        "days": [{"day": day.isoformat(), "confirmed": board.subscribers[n],
+                  **{metric: values[n] for metric, values in board.series.items()}} for n, day in enumerate(board.days)],
+        "sources": [{"source": source.key, "label": source.label, "signups": source.signups,
+                     "confirmations": source.confirmations} for source in board.sources],
+    }
 
 
 def _running_total(start: int, changes: Iterable[int]) -> list[int]:

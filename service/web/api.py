@@ -12,6 +12,7 @@ from ..extensions import db
 from ..models import Post, Subscriber
 from ..publishing import posts, publication
 from ..readers import subscriber_csv, subscriber_list, subscriptions
+from ..studio import stats
 from . import openapi
 from .reader import absolute_url
 
@@ -136,6 +137,12 @@ def import_subscribers():
     request.max_content_length = 20 * 1024 * 1024  # a whole list, not a form
     upload = request.files.get("file")
     return jsonify(subscriber_csv.import_bytes(upload.read() if upload else request.get_data()).as_dict())
+
+
+@bp.get("/stats")
+def get_stats():
+    """The dashboard's figures: per day over the last ?days= (31 to 366, 90 by default), headline numbers, sources."""
+    return jsonify(stats.as_dict(stats.dashboard(request.args.get("days", 90, type=int))))
 
 
 @bp.get("/digests")

@@ -144,3 +144,22 @@ SCHEMAS["Digest"] = {"type": "object", "properties": {
     "recipients": {"type": "integer"},
     "counts": {"type": "object", "properties": {status: {"type": "integer"} for status in
                                                 ("pending", "sending", "sent", "failed", "skipped")}}}}
+
+PATHS["/stats"] = {
+    "get": {"summary": "The dashboard's figures: daily counts, headline numbers, where signups came from",
+            "description": "From the daily counts the roll_up_stats beat task keeps (UTC days; as_of says when).",
+            "parameters": [{"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 31, "maximum": 366,
+                                                                      "default": 90}}],
+            "responses": _answers(200, {"$ref": "#/components/schemas/Stats"}, "the figures")},
+}
+SCHEMAS["Stats"] = {"type": "object", "properties": {
+    "as_of": {"type": ["string", "null"], "format": "date-time"}, "confirmed": {"type": "integer"},
+    "change": {"type": "object", "properties": {"7_days": {"type": "integer"}, "30_days": {"type": "integer"}}},
+    "confirmation_rate_30_days": {"type": ["number", "null"]},
+    "last_30_days": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "days": {"type": "array", "items": {"type": "object", "properties": {
+        "day": {"type": "string", "format": "date"}, "confirmed": {"type": "integer"}},
+        "additionalProperties": {"type": "integer"}}},
+    "sources": {"type": "array", "items": {"type": "object", "properties": {
+        "source": {"type": "string", "description": "post:<slug>, archive, site, web:<origin>, import, or empty"},
+        "label": {"type": "string"}, "signups": {"type": "integer"}, "confirmations": {"type": "integer"}}}}}}
