@@ -1,8 +1,10 @@
-"""`make bench`: digest fan-out and web throughput, measured in one run, printed as one table.
+"""`make bench`: digest fan-out, web throughput and the studio, measured in one run, printed as one table.
 
 Digests: `keepreading digest send --wait` on PostgreSQL + Redis with 2 Celery worker processes and
 real SMTP into Postfix's smtp-sink, against smtp-source on the same sink as the baseline.
 Web: gunicorn (bench/gunicorn.conf.py) under wrk with 16 connections, against a trivial Flask route.
+Studio: the dashboard, a subscriber search, a deep list page and a subscriber's page as a signed-in
+publisher sees them, with 1,000,000 subscribers (their events) and 100 digest runs seeded.
 """
 from __future__ import annotations
 
@@ -316,6 +318,82 @@ def reader_cookie() -> str:
                           capture_output=True, text=True).stdout.strip()
 
 
+def in_app(code: str) -> str:
+    """Run Python inside the app (its settings from app_env) and return what it prints."""
+    preamble = "from service import create_app\nfrom service.extensions import db\napp = create_app()\n"
+    return subprocess.run([sys.executable, "-c", preamble + code], env=app_env(), cwd=ROOT, check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+# ---------------------------------------------------------------- studio seed
+AUDIENCE_SQL = """
+DELETE FROM deliveries; DELETE FROM digests; DELETE FROM events; DELETE FROM outbox; DELETE FROM subscribers;
+DELETE FROM daily_counts; DELETE FROM rollup_marks;
+-- a year of signups, from the demo posts' pages, the front page, two other sites and nowhere in particular
+INSERT INTO subscribers (email, name, status, frequency, created_at, confirmed_at, unsubscribed_at, bounced_at,
+                         digest_watermark, consent_at, consent_ip, consent_source)
+SELECT 'reader' || n || '@example.org', 'Reader ' || n, status, 'default', joined,
+       CASE WHEN status <> 'pending' THEN joined + interval '10 minutes' END,
+       CASE WHEN status = 'unsubscribed' THEN joined + interval '30 days' END,
+       CASE WHEN status = 'bounced' THEN joined + interval '20 days' END,
+       joined, joined, '192.0.2.' || (n % 250), source
+FROM (SELECT n,
+             now() - interval '365 days' + (n * interval '365 days' / %(count)s) AS joined,
+             CASE WHEN n % 41 = 0 THEN 'unsubscribed' WHEN n % 97 = 0 THEN 'bounced'
+                  WHEN n % 13 = 0 THEN 'pending' ELSE 'confirmed' END AS status,
+             (ARRAY[%(sources)s])[1 + n % %(source_count)s] AS source
+      FROM generate_series(1, %(count)s) AS n) AS seed;
+INSERT INTO events (kind, subscriber_id, created_at, data)
+SELECT 'signup', id, created_at, '{}' FROM subscribers;
+INSERT INTO events (kind, subscriber_id, created_at, data)
+SELECT 'confirmed', id, confirmed_at, '{"from": "pending"}' FROM subscribers WHERE confirmed_at IS NOT NULL;
+INSERT INTO events (kind, subscriber_id, created_at, data)
+SELECT 'unsubscribed', id, unsubscribed_at, '{"from": "confirmed"}' FROM subscribers WHERE unsubscribed_at IS NOT NULL;
+INSERT INTO events (kind, subscriber_id, created_at, data)
+SELECT 'bounced', id, bounced_at, '{"from": "confirmed"}' FROM subscribers WHERE bounced_at IS NOT NULL;
+-- %(runs)s weekly runs, each to the first %(recipients)s readers (every one of them has a delivery in each run)
+INSERT INTO digests (slot, frequency, cutoff, created_at, finished_at)
+SELECT 'weekly:bench-' || n, 'weekly', at, at, at + interval '20 minutes'
+FROM (SELECT n, now() - n * interval '3 days' AS at FROM generate_series(1, %(runs)s) AS n) AS runs;
+INSERT INTO deliveries (digest_id, subscriber_id, since, status, attempts, sent_at)
+SELECT d.id, s.id, d.cutoff - interval '7 days', 'sent', 1, d.created_at + interval '5 minutes'
+FROM digests d CROSS JOIN (SELECT id FROM subscribers ORDER BY id LIMIT %(recipients)s) AS s;
+ANALYZE;
+"""
+
+
+def seed_audience(count: int, runs: int, recipients: int) -> dict:
+    """Subscribers with their events, digest runs with deliveries (INSERT ... SELECT generate_series), then the
+    first roll-up of the daily counts; the ids the scenarios open and how long each step took."""
+    import psycopg
+
+    host = PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0]
+    slugs = in_app("from service.models import Post\nfrom sqlalchemy import select\nwith app.app_context():\n"
+                   "    print(' '.join(db.session.scalars(select(Post.slug))))").split()
+    sources = [f"https://news.example.org/p/{slug}" for slug in slugs] + [
+        "https://news.example.org/", "https://blog.example/2026/harbour", "https://friends.example/links", ""]
+    started = time.perf_counter()
+    with psycopg.connect(f"postgresql://{host}/{DATABASE}", autocommit=True) as connection:
+        connection.execute(AUDIENCE_SQL.replace("%(sources)s", ", ".join(f"'{s}'" for s in sources))
+                           .replace("%(source_count)s", str(len(sources))).replace("%(count)s", str(count))
+                           .replace("%(runs)s", str(runs)).replace("%(recipients)s", str(recipients)))
+        first, last = connection.execute("SELECT min(id), max(id) FROM subscribers").fetchone()
+    seeded = time.perf_counter() - started
+    code = ("import time\nfrom service.studio import stats\nwith app.app_context():\n"
+            "    for _ in range(2):\n        started = time.perf_counter(); stats.roll_up()\n"
+            "        print(time.perf_counter() - started)")
+    first_roll_up, next_roll_up = (float(line) for line in in_app(code).split())
+    return {"seeded": seeded, "first_roll_up": first_roll_up, "next_roll_up": next_roll_up,
+            "first_id": first, "last_id": last}
+
+
+def staff_cookie() -> str:
+    """A studio session for a bench staff account, started the way signing in starts one."""
+    return in_app("from service.studio import staff\nwith app.app_context():\n"
+                  "    person = staff.find('bench@example.org') or staff.add('bench@example.org', 'Bench')\n"
+                  "    print(staff.start_session(person, '127.0.0.1', 'wrk'))")
+
+
 # ---------------------------------------------------------------- scenarios
 def bench_digests(quick: bool) -> None:
     small, large = (1_000, 10_000) if quick else (10_000, 100_000)
@@ -359,6 +437,32 @@ def bench_web(quick: bool) -> None:
         rows.append((f"web: {name}", _web(result), note))
 
 
+def bench_studio(quick: bool) -> None:
+    count, runs, recipients = (20_000, 100, 2_000) if quick else (1_000_000, 100, 10_000)
+    seconds = 5 if quick else 10
+    say(f"seeding {count:,} subscribers, their events and {runs} digest runs")
+    seeded = seed_audience(count, runs, recipients)
+    rows.append((f"studio seed: {count:,} subscribers, {runs} runs × {recipients:,} deliveries",
+                 f"{seeded['seeded']:.1f} s (INSERT ... SELECT)",
+                 f"first roll-up of the daily counts {seeded['first_roll_up']:.1f} s, the next {seeded['next_roll_up'] * 1000:.0f} ms"))
+    cookie = f"Cookie: kr_studio={staff_cookie()}"
+    middle = (seeded["first_id"] + seeded["last_id"]) // 2
+    pages = [
+        ("dashboard (90 days, headline figures, 4 charts)", "/studio/"),
+        (f"subscriber search (q=reader{middle // 10})", f"/studio/subscribers?q=reader{middle // 10}"),
+        (f"deep list page (~page {count // 50 - 20:,}, confirmed only)",
+         f"/studio/subscribers?status=confirmed&after={seeded['first_id'] + 1000}"),
+        (f"a subscriber's page ({runs} digests: counted, the latest 20 listed)", f"/studio/subscribers/{seeded['first_id'] + 1}"),
+    ]
+    with gunicorn("wsgi:app", app_env(), ROOT) as url:
+        results = [(name, wrk(url + path, seconds, "-H", cookie)) for name, path in pages]
+    for name, result in results:
+        note = "target p99 < 200 ms"
+        if result["non2xx"] or result["errors"]:
+            note += f"; non-2xx {result['non2xx']} {result['errors']}"
+        rows.append((f"studio: {name}", _web(result), note))
+
+
 def _web(result: dict) -> str:
     return f"{result['rate']:,.0f} req/s, p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms"
 
@@ -374,8 +478,8 @@ def print_table() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="10,000 subscribers, short web runs")
-    parser.add_argument("--only", choices=["digests", "web"], help="run one half")
+    parser.add_argument("--quick", action="store_true", help="10,000 subscribers (studio: 20,000), short web runs")
+    parser.add_argument("--only", choices=["digests", "web", "studio"], help="run one part")
     parser.add_argument("--profile", action="store_true",
                         help="sample the Celery worker with py-spy during each digest run (pip install py-spy)")
     options = parser.parse_args()
@@ -384,12 +488,14 @@ def main() -> None:
     fetch_tools()
     say(f"{os.cpu_count()} cores; PostgreSQL {PG_ADMIN}, Redis {REDIS}")
     reset_database()
-    if options.only != "web":
+    if options.only in (None, "digests"):
         bench_digests(options.quick)
-    if options.only != "digests":
+    if options.only in (None, "web"):
         if options.only == "web":
             seed_subscribers(1_000)
         bench_web(options.quick)
+    if options.only in (None, "studio"):
+        bench_studio(options.quick)
     print_table()
 
 

@@ -64,6 +64,7 @@ def _init_extensions(app: Flask) -> None:
 
 def _register_blueprints(app: Flask) -> None:
     from .extensions import csrf
+    from .studio import audience  # noqa: F401  (adds the dashboard and subscriber pages to the studio blueprint)
     from .studio import views as studio
     from .web import account, api, embed, ops, reader
 

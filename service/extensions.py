@@ -68,6 +68,7 @@ def celery_settings(config) -> dict:
         "beat_schedule": {
             "dispatch-digests": {"task": "service.tasks.dispatch_digests", "schedule": 120.0},
             "flush-outbox": {"task": "service.tasks.flush_outbox", "schedule": 60.0},
+            "roll-up-stats": {"task": "service.tasks.roll_up_stats", "schedule": 60.0},
             "publish-scheduled-posts": {"task": "service.tasks.publish_scheduled_posts",
                                         "schedule": float(config.get("PUBLISH_CHECK_SECONDS") or 60.0)},
         },

@@ -1,11 +1,11 @@
-"""Database models: publication settings, posts, subscribers, digests, deliveries, outbox, events, studio staff."""
+"""Database models: publication settings, posts, subscribers, digests, deliveries, outbox, events, studio staff, daily counts."""
 from __future__ import annotations
 
 import secrets
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Optional
 
-from sqlalchemy import JSON, CheckConstraint, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, CheckConstraint, Date, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import DateTime, TypeDecorator
 
@@ -130,6 +130,11 @@ class Subscriber(db.Model):
     __table_args__ = (
         CheckConstraint(_in("status", STATUSES), name="ck_subscribers_status"),
         CheckConstraint(_in("frequency", FREQUENCIES), name="ck_subscribers_frequency"),
+        # The studio's list: a status filter in id order, a search by the start of the address (with or without
+        # a status) in address order. pattern_ops: LIKE 'start%' uses the index whatever the collation.
+        Index("ix_subscribers_status_id", "status", "id"),
+        Index("ix_subscribers_status_email", "status", "email", postgresql_ops={"email": "varchar_pattern_ops"}),
+        Index("ix_subscribers_email_prefix", "email", postgresql_ops={"email": "varchar_pattern_ops"}),
     )
 
 
@@ -191,6 +196,11 @@ class Event(db.Model):
     subscriber_id: Mapped[Optional[int]] = mapped_column(ForeignKey("subscribers.id", ondelete="SET NULL"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     data: Mapped[dict] = mapped_column(JSON, default=dict)
+    # A subscriber's timeline and the erase cascade look events up by subscriber; the daily counts by day.
+    __table_args__ = (
+        Index("ix_events_subscriber_id", "subscriber_id"),
+        Index("ix_events_created_at", "created_at"),
+    )
 
 
 class Staff(db.Model):
@@ -217,3 +227,22 @@ class StudioSession(db.Model):
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     ip: Mapped[Optional[str]] = mapped_column(String(64))
     user_agent: Mapped[Optional[str]] = mapped_column(String(400))
+
+
+class DailyCount(db.Model):
+    """A dashboard figure: how many of one thing (signups, confirmations, mails sent...) on one UTC day, per source."""
+
+    __tablename__ = "daily_counts"
+    metric: Mapped[str] = mapped_column(String(32), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    source: Mapped[str] = mapped_column(String(300), primary_key=True, default="")  # "" where a metric has none
+    count: Mapped[int] = mapped_column(default=0)
+
+
+class RollupMark(db.Model):
+    """How far the daily counts have read one stream (the event log by day, finished digest runs)."""
+
+    __tablename__ = "rollup_marks"
+    stream: Mapped[str] = mapped_column(String(32), primary_key=True)
+    position: Mapped[datetime] = mapped_column(UTCDateTime)
+    rolled_up_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)

@@ -61,3 +61,11 @@ def send_digest_batch(self, digest_id: int, first_id: int, last_id: int) -> None
     delay = sending.send_batch(digest_id, first_id, last_id, attempt=self.request.retries)
     if delay is not None:
         raise self.retry(countdown=delay)
+
+
+@shared_task(name="service.tasks.roll_up_stats")
+def roll_up_stats() -> dict:
+    """Beat: bring the dashboard's daily counts up to date (the open days again, newly finished runs)."""
+    from .studio import stats
+
+    return stats.roll_up()

@@ -104,8 +104,6 @@ def send(outbox_id: int) -> bool:
         return _retry_later(email, f"{type(error).__name__}: {error}")
     except ValueError as error:  # an address the header encoder refuses: sending again cannot help
         return _give_up(email, str(error))
-    except ValueError as error:  # an address the header encoder refuses: sending again cannot help
-        return _give_up(email, str(error))
     email.sent_at, email.lease_until, email.error = utcnow(), None, None
     db.session.commit()
     return True

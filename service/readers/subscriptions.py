@@ -14,7 +14,7 @@ from ..errors import Conflict, InvalidToken, LinkUsed, TokenExpired, ValidationE
 from ..extensions import db
 from ..mail import outbox
 from ..models import FREQUENCIES, STATUSES, Event, OutboxEmail, Subscriber, utcnow
-from . import abuse, access
+from . import abuse, access, subscriber_list
 from .access import READING_STATUSES
 from .addresses import clean_name, normalise_email, one_line, safe_next, source_text
 
@@ -351,3 +351,32 @@ def _move(subscriber: Subscriber, status: str, **data) -> None:
 
 def _iso(moment: datetime | None) -> str | None:
     return moment.isoformat() if moment else None
+
+
+# --- the publisher's actions on one subscriber (the studio) ---
+
+def unsubscribe_for_publisher(subscriber_id: int) -> Subscriber:
+    """The publisher takes a reader off the list (they asked by reply, say): no more digests."""
+    subscriber = subscriber_list.get(subscriber_id)
+    _move(subscriber, "unsubscribed", by="publisher")
+    db.session.commit()
+    return subscriber
+
+
+def erase_for_publisher(subscriber_id: int) -> None:
+    """A GDPR erasure request that reached the publisher: as the reader's own "delete my data"."""
+    erase(subscriber_list.get(subscriber_id))
+
+
+def resend_confirmation(subscriber_id: int) -> Subscriber:
+    """Send a pending subscriber a new confirmation email, once per CONFIRM_COOLDOWN like every other."""
+    subscriber = subscriber_list.get(subscriber_id)
+    if subscriber.status != "pending":
+        raise Conflict(f"Only a pending subscriber needs a confirmation; this one is {subscriber.status}.")
+    if not _claim_cooldown(subscriber):
+        db.session.rollback()
+        minutes = max(1, current_app.config["CONFIRM_COOLDOWN"] // 60)
+        raise Conflict(f"A confirmation email went to this address less than {minutes} minutes ago.")
+    db.session.add(Event(kind="confirmation_resent", subscriber_id=subscriber.id, data={"by": "publisher"}))
+    outbox.commit_and_dispatch([outbox.add("confirm", subscriber, next="/")])
+    return subscriber

@@ -178,18 +178,7 @@ def _studio_next(value) -> str:
     return target if target.startswith(COOKIE_PATH + "/") else dashboard
 
 
-# --- dashboard and subscribers (filled in by the "insight" work) ---
-
-@bp.get("/")
-@staff_required
-def dashboard():
-    return render_template("studio/dashboard.html")
-
-
-@bp.get("/subscribers")
-@staff_required
-def subscribers():
-    return render_template("studio/subscribers.html")
+# --- the dashboard and the subscriber pages: in audience.py, on this blueprint ---
 
 
 # --- posts ---

@@ -9,9 +9,10 @@ from sqlalchemy import select
 from ..digests import runs
 from ..errors import ValidationError
 from ..extensions import db
-from ..models import STATUSES, Post, Subscriber
+from ..models import Post, Subscriber
 from ..publishing import posts, publication
-from ..readers import subscriber_csv, subscriptions
+from ..readers import subscriber_csv, subscriber_list, subscriptions
+from ..studio import stats
 from . import bodies, openapi
 from .reader import absolute_url
 
@@ -118,22 +119,25 @@ def update_settings():
 
 @bp.get("/subscribers")
 def list_subscribers():
-    """Subscribers, newest first, a page at a time (or every one as CSV with ?format=csv)."""
+    """Subscribers, newest first: keyset pages with ?after=<id> (next_after in each answer; A to Z with ?q=), numbered
+    pages with ?page=N (and the total), or every one as CSV with ?format=csv. ?status= and ?q= (the address's start) filter."""
     if request.args.get("format") == "csv":
         return subscriber_csv.export_text(), 200, {
             "Content-Type": "text/csv; charset=utf-8",
             "Content-Disposition": 'attachment; filename="subscribers.csv"',
         }
-    query = select(Subscriber).order_by(Subscriber.id.desc())
-    status = request.args.get("status")
-    if status is not None:
-        if status not in STATUSES:
-            raise ValidationError(f"status must be one of {', '.join(STATUSES)}", field="status")
-        query = query.where(Subscriber.status == status)
-    page = db.paginate(query, page=_whole_number("page", 1, 1, MAX_PAGE),
-                       per_page=_whole_number("per_page", 20, 1, 500), error_out=False)
-    return jsonify(subscribers=[subscriptions.as_dict(s) for s in page.items],
-                   page=page.page, per_page=page.per_page, total=page.total, pages=page.pages)
+    search, status = request.args.get("q", ""), request.args.get("status")
+    per_page = _whole_number("per_page", 20, 1, 500)
+    after = _whole_number("after", 0, 0, 2**62) if "after" in request.args else None
+    if after is not None and "page" not in request.args:
+        found = subscriber_list.page(search, status, after=after, size=per_page)
+        return jsonify(subscribers=[subscriptions.as_dict(s) for s in found.subscribers], per_page=per_page,
+                       next_after=found.older)
+    query = select(Subscriber).where(*subscriber_list.conditions(search, status)).order_by(Subscriber.id.desc())
+    page = db.paginate(query, page=_whole_number("page", 1, 1, MAX_PAGE), per_page=per_page, error_out=False)
+    return jsonify(subscribers=[subscriptions.as_dict(s) for s in page.items], page=page.page,
+                   per_page=page.per_page, total=page.total, pages=page.pages,
+                   next_after=page.items[-1].id if page.has_next else None)
 
 
 @bp.post("/subscribers/import")
@@ -141,12 +145,13 @@ def import_subscribers():
     """A CSV (columns email,name,status,subscribed_at) as the body or as the multipart field `file`."""
     request.max_content_length = 20 * 1024 * 1024  # a whole list, not a form
     upload = request.files.get("file")
-    raw = upload.read() if upload else request.get_data()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValidationError("the CSV must be UTF-8", field="file") from None
-    return jsonify(subscriber_csv.import_text(text).as_dict())
+    return jsonify(subscriber_csv.import_bytes(upload.read() if upload else request.get_data()).as_dict())
+
+
+@bp.get("/stats")
+def get_stats():
+    """The dashboard's figures: per day over the last ?days= (31 to 366, 90 by default), headline numbers, sources."""
+    return jsonify(stats.as_dict(stats.dashboard(request.args.get("days", 90, type=int))))
 
 
 @bp.get("/digests")

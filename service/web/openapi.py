@@ -45,10 +45,15 @@ PATHS: dict = {
     },
     "/subscribers": {
         "get": {
-            "summary": "List subscribers (paginated), or export them all as CSV",
+            "summary": "List subscribers (keyset or numbered pages), or export them all as CSV",
             "parameters": [
                 {"name": "status", "in": "query", "schema": {"type": "string", "enum": STATUS_VALUES}},
-                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1}},
+                {"name": "q", "in": "query", "schema": {"type": "string"},
+                 "description": "the start of the address (keyset pages then run from A to Z)"},
+                {"name": "after", "in": "query", "schema": {"type": "integer", "minimum": 0, "maximum": 2**62},
+                 "description": "keyset page: the subscribers older than this id (pass the previous answer's next_after)"},
+                {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1_000_000, "default": 1},
+                 "description": "numbered page (with the total); costs more the deeper it is"},
                 {"name": "per_page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 500, "default": 20}},
                 {"name": "format", "in": "query", "schema": {"type": "string", "enum": ["json", "csv"]},
                  "description": "csv: every subscriber, " + CSV_COLUMNS},
@@ -113,7 +118,8 @@ SCHEMAS: dict = {
         "unsubscribed_at": {"type": ["string", "null"], "format": "date-time"}}},
     "SubscriberPage": {"type": "object", "properties": {
         "subscribers": {"type": "array", "items": SUBSCRIBER}, "page": {"type": "integer"},
-        "per_page": {"type": "integer"}, "total": {"type": "integer"}, "pages": {"type": "integer"}}},
+        "per_page": {"type": "integer"}, "total": {"type": "integer"}, "pages": {"type": "integer"},
+        "next_after": {"type": ["integer", "null"], "description": "?after= for the next page; null on the last"}}},
     "ImportReport": {"type": "object", "properties": {
         "imported": {"type": "integer"}, "unchanged": {"type": "integer"},
         "errors": {"type": "array", "items": {"type": "object", "properties": {
@@ -151,3 +157,22 @@ SCHEMAS["Digest"] = {"type": "object", "properties": {
     "recipients": {"type": "integer"},
     "counts": {"type": "object", "properties": {status: {"type": "integer"} for status in
                                                 ("pending", "sending", "sent", "failed", "skipped")}}}}
+
+PATHS["/stats"] = {
+    "get": {"summary": "The dashboard's figures: daily counts, headline numbers, where signups came from",
+            "description": "From the daily counts the roll_up_stats beat task keeps (UTC days; as_of says when).",
+            "parameters": [{"name": "days", "in": "query", "schema": {"type": "integer", "minimum": 31, "maximum": 366,
+                                                                      "default": 90}}],
+            "responses": _answers(200, {"$ref": "#/components/schemas/Stats"}, "the figures")},
+}
+SCHEMAS["Stats"] = {"type": "object", "properties": {
+    "as_of": {"type": ["string", "null"], "format": "date-time"}, "confirmed": {"type": "integer"},
+    "change": {"type": "object", "properties": {"7_days": {"type": "integer"}, "30_days": {"type": "integer"}}},
+    "confirmation_rate_30_days": {"type": ["number", "null"]},
+    "last_30_days": {"type": "object", "additionalProperties": {"type": "integer"}},
+    "days": {"type": "array", "items": {"type": "object", "properties": {
+        "day": {"type": "string", "format": "date"}, "confirmed": {"type": "integer"}},
+        "additionalProperties": {"type": "integer"}}},
+    "sources": {"type": "array", "items": {"type": "object", "properties": {
+        "source": {"type": "string", "description": "post:<slug>, archive, site, web:<origin>, import, or empty"},
+        "label": {"type": "string"}, "signups": {"type": "integer"}, "confirmations": {"type": "integer"}}}}}}
