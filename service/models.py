@@ -246,3 +246,19 @@ class RollupMark(db.Model):
     stream: Mapped[str] = mapped_column(String(32), primary_key=True)
     position: Mapped[datetime] = mapped_column(UTCDateTime)
     rolled_up_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+
+
+class MailboxSpend(db.Model):
+    """One mail a mailbox got on a request, kept while it counts against that mailbox's budget.
+
+    In the database, not the rate limiter's storage: the web and every worker process (and the embedded
+    default's in-memory limiter has one store per process) must see the same budget. The mailbox is kept
+    as a keyed digest, never as an address."""
+
+    __tablename__ = "mailbox_spends"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mailbox: Mapped[str] = mapped_column(String(64))
+    scope: Mapped[str] = mapped_column(String(10))  # "mail": anyone's request; "renew": a proven owner's
+    spent_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    __table_args__ = (Index("ix_mailbox_spends_mailbox_scope", "mailbox", "scope", "spent_at"),
+                      Index("ix_mailbox_spends_spent_at", "spent_at"))

@@ -30,9 +30,12 @@ def answer_signin_request(outbox_id: int) -> bool:
 
 @shared_task(name="service.tasks.flush_outbox")
 def flush_outbox() -> int:
-    """Beat: queue again the outbox emails a broker outage or an SMTP failure left unsent."""
+    """Beat: queue again the outbox emails a broker outage or an SMTP failure left unsent; forget mailbox
+    budgets spent longer ago than they count."""
     from .mail import outbox
+    from .readers import abuse
 
+    abuse.forget_spent_budgets()
     return outbox.flush()
 
 

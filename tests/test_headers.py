@@ -100,7 +100,8 @@ def _on_site(location: str) -> bool:
     return location.startswith("/") and not location.startswith("//") and "\\" not in location
 
 
-SAMPLE_ARGUMENTS = {"slug": "harbour", "token": "not-a-token", "purpose": "confirm", "filename": "style.css"}
+SAMPLE_ARGUMENTS = {"slug": "harbour", "token": "not-a-token", "purpose": "confirm", "filename": "style.css",
+                    "subscriber_id": "1"}
 
 
 def _every_get_path(app) -> list[str]:

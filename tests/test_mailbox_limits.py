@@ -171,3 +171,27 @@ def test_requests_never_answered_do_not_keep_the_address(app):
 def _shape(statement: str) -> str:
     """A statement without its parameters (the same SQL whatever the values)."""
     return " ".join(statement.split())
+
+
+def test_the_budget_is_shared_by_every_process_and_holds_no_address(app, client):
+    """Budgets live in the database: a worker's spend and the web's reset meet (the embedded default's
+    in-memory limiter keeps one store per process), and what is kept is a digest, never the address."""
+    add_reader(app, "owner@example.org")
+    with time_machine.travel(START, tick=False):
+        for n in range(3):
+            ask_for_signin(client, "owner@example.org", f"192.0.2.{n}")
+        assert drain(app) == 3
+        with app.app_context():
+            from service.models import MailboxSpend
+            from service.readers import abuse
+
+            kept = db.session.scalars(select(MailboxSpend.mailbox)).all()
+            assert len(kept) == 3 and not any("owner" in value or "@" in value for value in kept)
+            abuse.mailbox_proven("owner@example.org")
+            assert db.session.scalars(select(MailboxSpend)).all() == []
+        ask_for_signin(client, "owner@example.org", "192.0.2.9")
+        assert drain(app) == 1
+    with time_machine.travel(START + timedelta(days=2), tick=False), app.app_context():
+        from service.readers import abuse
+
+        assert abuse.forget_spent_budgets() == 1
