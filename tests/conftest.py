@@ -4,6 +4,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -241,3 +242,14 @@ class Admin:
 @pytest.fixture
 def admin(client):
     return Admin(client)
+
+
+@pytest.fixture
+def own_queue(app):
+    """Tasks published to a queue no worker reads (the test runs them itself, or leaves mail unsent); emptied after."""
+    celery = app.extensions["celery"]
+    queue = f"kr-budget-{uuid.uuid4().hex[:12]}"
+    celery.conf.task_default_queue = queue
+    yield queue
+    with app.app_context():
+        celery.control.purge()

@@ -19,7 +19,7 @@ from service.readers import subscriptions
 from service.readers.addresses import mailbox_key
 
 from .helpers import Reader, csrf_token, link_to, outbox_rows
-from .test_query_budget import counting, own_queue  # noqa: F401  (a fixture)
+from .test_query_budget import counting
 
 pytestmark = pytest.mark.usefixtures("own_queue")
 START = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)

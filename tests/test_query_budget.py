@@ -7,11 +7,9 @@ function, into the test mailbox.
 """
 from __future__ import annotations
 
-import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import pytest
 from celery.signals import before_task_publish
 from sqlalchemy import event
 
@@ -58,17 +56,6 @@ def counting():
     finally:
         event.remove(engine, "before_cursor_execute", on_statement)
         before_task_publish.disconnect(on_publish)
-
-
-@pytest.fixture
-def own_queue(app):
-    """Batch tasks published to a queue no worker reads (the test runs them itself); emptied after."""
-    celery = app.extensions["celery"]
-    queue = f"kr-budget-{uuid.uuid4().hex[:12]}"
-    celery.conf.task_default_queue = queue
-    yield queue
-    with app.app_context():
-        celery.control.purge()
 
 
 def digest_run(recipients: int) -> tuple[Tally, Tally]:

@@ -17,7 +17,9 @@ from service.readers.subscriptions import Signup
 from service.studio import stats
 
 from .conftest import BASE_URL
-from .test_query_budget import counting
+from .test_query_budget import (
+    counting,
+)
 
 UTC = timezone.utc
 MONDAY = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)
@@ -199,7 +201,7 @@ def test_transactional_mail_is_counted_by_kind_when_sent(app):
         assert list(counts("emails_sent").values()) == [1] and list(counts("emails_sent"))[0][1] == "confirm"
 
 
-def test_the_beat_task_rolls_up(app):
+def test_the_beat_task_rolls_up(app, own_queue):
     with app.app_context():
         sign_up("ada@example.org")
     result = tasks.roll_up_stats.apply().get()

@@ -18,7 +18,9 @@ from service.studio import stats
 from .conftest import BASE_URL
 from .helpers import Reader, csrf_token, subscriber
 from .studio_helpers import Publisher, make_staff
-from .test_query_budget import counting
+from .test_query_budget import (
+    counting,
+)
 from .test_stats import seed_history
 
 
@@ -41,7 +43,7 @@ def no_inline_script(page: str) -> None:
     assert " style=" not in page and "<style" not in page and " on" + "click=" not in page
 
 
-def test_the_dashboard_shows_headline_figures_charts_and_which_posts_convert(app, client, publisher):
+def test_the_dashboard_shows_headline_figures_charts_and_which_posts_convert(app, client, publisher, own_queue):
     with app.app_context():
         slug = posts.create("Harbour notes", "Words.\n\n<!--more-->\n\nMore.", "subscribers", True).slug
     for n in range(3):
