@@ -15,8 +15,8 @@ from service import logs, tasks
 from service.digests import runs, sending
 from service.extensions import db
 from service.mail import outbox
-from service.readers import subscriptions
 from service.models import Delivery, utcnow
+from service.readers import subscriptions
 
 from .conftest import BASE_URL, wait_until
 from .helpers import Reader, csrf_token, link_to, links_in, outbox_rows, path_of
