@@ -1,10 +1,10 @@
-# keepreading: `make run` serves the embedded default, `make test` runs the whole suite.
+# keepreading: `make run` serves the embedded default, `make test` runs the whole suite, `make lint` checks style and types.
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench install clean wipe
+.PHONY: run test lint bench install clean wipe
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -24,12 +24,17 @@ test: $(STAMP)
 	@bash .ci/system-packages
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# ruff's and mypy's settings are in pyproject.toml ([tool.ruff], [tool.mypy]).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check service tests bench
+	$(VENV)/bin/mypy service
+
 bench: $(STAMP)
 	$(PY) bench/run.py $(if $(QUICK),--quick,)
 
 # `clean` keeps the instance folder (database, secret, outbox); `wipe` deletes it too.
 clean:
-	rm -rf $(VENV) .pytest_cache build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
 
 wipe: clean
 	rm -rf instance

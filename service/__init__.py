@@ -21,7 +21,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     logs.configure(app)
     if app.config["PROXY_COUNT"]:
         count = app.config["PROXY_COUNT"]
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=count, x_proto=count, x_host=count)  # type: ignore[method-assign]  # Flask's documented way
     _init_extensions(app)
     from .publishing import memory
 
@@ -52,7 +52,7 @@ def _init_extensions(app: Flask) -> None:
     migrate.init_app(app, db)
     app.config.setdefault("RATELIMIT_STORAGE_URI", app.config["REDIS_URL"] or "memory://")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", False)
-    limiter._key_prefix = None  # the limiter is module-global: each app (a test's, say) brings its own prefix
+    limiter._key_prefix = ""  # the limiter is module-global: each app (a test's, say) brings its own prefix
     limiter.init_app(app)
     # Limits live only on the views that need them (signup, sign-in), whose decorators check them;
     # with no default, application or blueprint limits the per-request middleware check is pure cost.

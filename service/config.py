@@ -6,7 +6,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, overload
 
 from dotenv import dotenv_values, set_key
 from flask.sansio.scaffold import find_package
@@ -22,6 +22,10 @@ class ConfigError(RuntimeError):
     """The configuration cannot run: the message says what to set."""
 
 
+@overload
+def _env(name: str) -> str | None: ...
+@overload
+def _env(name: str, default: str) -> str: ...
 def _env(name: str, default: str | None = None) -> str | None:
     """KEEPREADING_<name>: from the process environment, else from the instance's settings file."""
     value = os.environ.get(PREFIX + name)

@@ -53,7 +53,8 @@ def _listen(port: int) -> socket.socket:
     try:
         return socket.create_server((HOST, port))
     except OSError as error:
-        print(f"keepreading: cannot listen on {HOST}:{port} ({os.strerror(error.errno)}); "
+        reason = os.strerror(error.errno) if error.errno is not None else str(error)
+        print(f"keepreading: cannot listen on {HOST}:{port} ({reason}); "
               f"start on another port, e.g. PORT={port + 1} make run", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from celery import Celery, Task
 from flask import Flask
@@ -21,6 +22,12 @@ class Base(DeclarativeBase):
 
 
 db = SQLAlchemy(model_class=Base)
+# Models subclass Model, which is db.Model (a subclass of Base with Flask-SQLAlchemy's table naming and binds).
+# mypy cannot take an attribute of an instance as a base class, so it checks them against Base.
+if TYPE_CHECKING:
+    Model = Base
+else:
+    Model = db.Model
 migrate = Migrate(directory=str(Path(__file__).parent / "migrations"))
 limiter = Limiter(key_func=get_remote_address, default_limits=[], strategy="moving-window")
 csrf = CSRFProtect()
@@ -45,7 +52,7 @@ def celery_init_app(app: Flask) -> Celery:
             with app.app_context():
                 return self.run(*args, **kwargs)
 
-    celery = Celery(app.name, task_cls=FlaskTask)
+    celery: Celery = Celery(app.name, task_cls=FlaskTask)
     celery.config_from_object(celery_settings(app.config))
     celery.set_default()
     app.extensions["celery"] = celery

@@ -11,6 +11,7 @@ import contextvars
 import logging
 import re
 import sys
+from typing import Callable
 
 from celery import signals
 from flask import Flask
@@ -22,7 +23,7 @@ _context: contextvars.ContextVar[dict | None] = contextvars.ContextVar("keepread
 
 _SIGNED_TAIL = re.compile(r"\.[\w-]{4,}+\.[\w-]{20,}+")
 # (a cheap test that the pattern may match, the pattern, its replacement): every line passes through these.
-_SECRETS = [
+_SECRETS: list[tuple[Callable[[str], object], re.Pattern[str], str]] = [
     # Links whose last segment is a token: confirm, sign-in, unsubscribe, renew, and the studio's invitations.
     (lambda text: "/" in text,
      re.compile(r"(/(?:confirm|signin|unsubscribe|renew/[a-z]+|invite|invitation|password|reset)/)[^/?#\s\"'<>\\]+"),

@@ -9,7 +9,7 @@ from sqlalchemy import JSON, CheckConstraint, Date, ForeignKey, Index, String, T
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from sqlalchemy.types import DateTime, TypeDecorator
 
-from .extensions import db
+from .extensions import Model
 
 VISIBILITIES = ("public", "subscribers")
 STATUSES = ("pending", "confirmed", "unsubscribed", "bounced", "deleted")
@@ -50,7 +50,7 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
-class PublicationSettings(db.Model):
+class PublicationSettings(Model):
     """The publisher's settings: one row, id 1."""
 
     __tablename__ = "publication_settings"
@@ -72,7 +72,7 @@ class PublicationSettings(db.Model):
     )
 
 
-class Post(db.Model):
+class Post(Model):
     __tablename__ = "posts"
     id: Mapped[int] = mapped_column(primary_key=True)
     slug: Mapped[str] = mapped_column(String(200), unique=True)
@@ -100,7 +100,7 @@ class Post(db.Model):
         return "scheduled" if self.scheduled_at else "draft"
 
 
-class Subscriber(db.Model):
+class Subscriber(Model):
     __tablename__ = "subscribers"
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
@@ -138,7 +138,7 @@ class Subscriber(db.Model):
     )
 
 
-class Digest(db.Model):
+class Digest(Model):
     """One digest run: the posts up to `cutoff` for every due subscriber."""
 
     __tablename__ = "digests"
@@ -151,7 +151,7 @@ class Digest(db.Model):
     deliveries: Mapped[list["Delivery"]] = relationship(back_populates="digest", passive_deletes=True)
 
 
-class Delivery(db.Model):
+class Delivery(Model):
     """One digest email to one subscriber; claimed before the SMTP send, never sent twice."""
 
     __tablename__ = "deliveries"
@@ -172,7 +172,7 @@ class Delivery(db.Model):
     )
 
 
-class OutboxEmail(db.Model):
+class OutboxEmail(Model):
     """A transactional email to send (confirm, sign-in, welcome): kept here so a broker outage loses nothing."""
 
     __tablename__ = "outbox"
@@ -187,7 +187,7 @@ class OutboxEmail(db.Model):
     error: Mapped[Optional[str]] = mapped_column(String(500))
 
 
-class Event(db.Model):
+class Event(Model):
     """An audit trail of what happened to subscribers (signup, confirm, unsubscribe, bounce)."""
 
     __tablename__ = "events"
@@ -203,7 +203,7 @@ class Event(db.Model):
     )
 
 
-class Staff(db.Model):
+class Staff(Model):
     """A studio account: someone who writes, schedules and sends for the publication."""
 
     __tablename__ = "staff"
@@ -217,7 +217,7 @@ class Staff(db.Model):
     last_signin_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
 
 
-class StudioSession(db.Model):
+class StudioSession(Model):
     """One signed-in studio browser: the cookie holds a random token, this row its hash (deleting it signs out)."""
 
     __tablename__ = "studio_sessions"
@@ -229,7 +229,7 @@ class StudioSession(db.Model):
     user_agent: Mapped[Optional[str]] = mapped_column(String(400))
 
 
-class DailyCount(db.Model):
+class DailyCount(Model):
     """A dashboard figure: how many of one thing (signups, confirmations, mails sent...) on one UTC day, per source."""
 
     __tablename__ = "daily_counts"
@@ -239,7 +239,7 @@ class DailyCount(db.Model):
     count: Mapped[int] = mapped_column(default=0)
 
 
-class RollupMark(db.Model):
+class RollupMark(Model):
     """How far the daily counts have read one stream (the event log by day, finished digest runs)."""
 
     __tablename__ = "rollup_marks"
@@ -248,7 +248,7 @@ class RollupMark(db.Model):
     rolled_up_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
 
 
-class MailboxSpend(db.Model):
+class MailboxSpend(Model):
     """One mail a mailbox got on a request, kept while it counts against that mailbox's budget.
 
     In the database, not the rate limiter's storage: the web and every worker process (and the embedded

@@ -104,6 +104,8 @@ def verify(purpose: str, token: str) -> list:
 
 def _unsafe_payload(purpose: str, exc: SignatureExpired):
     """An expired token's payload (its signature was good, only its age is wrong)."""
+    if exc.payload is None:
+        return None
     try:
         return serializer(purpose).load_payload(exc.payload)
     except (BadData, TypeError):

@@ -298,7 +298,7 @@ def test_headers_and_parts_as_received(app, mailbox, client):
     with app.app_context():
         links = re.findall(re.escape(BASE_URL) + r"/p/([a-z0-9-]+)\?t=([A-Za-z0-9_.-]+)", text)
         assert [slug for slug, _ in links] == slugs
-        for (slug, token), post_id in zip(links, post_ids):
+        for (_slug, token), post_id in zip(links, post_ids, strict=True):
             assert tokens.verify("article", token) == [reader_id, fingerprint, post_id]
         assert tokens.verify("unsubscribe", unsubscribe.rsplit("/", 1)[1])[0] == reader_id
     page = client.get(f"/p/{links[0][0]}?t={links[0][1]}")

@@ -12,13 +12,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from flask import current_app
 
 from ..models import Digest
 
+if TYPE_CHECKING:
+    import redis
+    from redis.connection import Connection
+
 TTL = 14 * 24 * 3600
-_clients: dict[str, object] = {}
+_clients: dict[str, redis.Redis] = {}
 
 
 def for_run(digest: Digest) -> "RedisJournal | FileJournal":
@@ -38,7 +43,7 @@ class RedisJournal:
         self.client = _clients[url]
         self.key = key
         self.fresh = True
-        self.connection = None  # held for the batch: a record is one round trip, no pool or retry layers
+        self.connection: Connection | None = None  # held for the batch: a record is one round trip, no pool or retry layers
 
     def record(self, delivery_id: int) -> None:
         self._command("SADD", self.key, delivery_id)
@@ -68,8 +73,9 @@ class RedisJournal:
     def recorded(self, delivery_ids: list[int]) -> set[int]:
         if not delivery_ids:
             return set()
-        flags = self.client.smismember(self.key, delivery_ids)
-        return {delivery_id for delivery_id, flag in zip(delivery_ids, flags) if flag}
+        # redis-py types a command's reply as "awaitable or value" for its sync and async clients alike
+        flags = cast("list[int]", self.client.smismember(self.key, delivery_ids))
+        return {delivery_id for delivery_id, flag in zip(delivery_ids, flags, strict=True) if flag}
 
     def drop(self) -> None:
         self.client.delete(self.key)

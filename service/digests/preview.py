@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from email.message import EmailMessage
+from typing import cast
 
 from sqlalchemy import select
 
@@ -68,4 +69,5 @@ def _posts(ids, limit: int | None = None) -> list[PostItem]:
     query = (select(Post.id, Post.slug, Post.title, Post.published_at, Post.teaser_html)
              .where(Post.published.is_(True), Post.id.in_(ids))
              .order_by(Post.published_at.desc(), Post.id.desc()).limit(limit))
-    return [PostItem(*row) for row in db.session.execute(query)]
+    # published posts always have published_at (posts.create and posts.update set it), though the column may be NULL
+    return [PostItem(*cast("tuple[int, str, str, datetime, str]", row)) for row in db.session.execute(query)]

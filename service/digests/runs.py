@@ -10,10 +10,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from typing import cast
 from zoneinfo import ZoneInfo
 
 from flask import current_app
-from sqlalchemy import and_, case, exists, func, insert, literal, or_, select, update
+from sqlalchemy import CursorResult, and_, case, exists, func, insert, literal, or_, select, update
 
 from ..errors import NotFound, ValidationError
 from ..extensions import db
@@ -74,6 +75,7 @@ def send_now(frequency: str | None = None, now: datetime | None = None) -> Diges
     if frequency not in (None, "daily", "weekly"):
         raise ValidationError("frequency must be daily or weekly", field="frequency")
     digest = create_run(f"manual:{uuid.uuid4()}", frequency, now or utcnow())
+    assert digest is not None  # a new slot: no run has it yet
     enqueue(digest.id)
     return digest
 
@@ -133,8 +135,8 @@ def _add_deliveries(digest: Digest, now: datetime) -> int:
             break
         last = upper
     readers = select(Delivery.subscriber_id).where(Delivery.digest_id == digest.id)
-    moved = db.session.execute(update(Subscriber).where(Subscriber.id.in_(readers))
-                               .values(digest_watermark=digest.cutoff).execution_options(synchronize_session=False))
+    moved = cast(CursorResult, db.session.execute(update(Subscriber).where(Subscriber.id.in_(readers))
+                               .values(digest_watermark=digest.cutoff).execution_options(synchronize_session=False)))
     return moved.rowcount
 
 
@@ -233,10 +235,10 @@ def finish_if_settled(digest_id: int, now: datetime | None = None) -> bool:
     settle at once, the last to commit sees every other's outcomes, so the run finishes with its last
     batch, not at the next beat. The conditional UPDATE lets only one of them finish it."""
     still_open = exists().where(Delivery.digest_id == digest_id, Delivery.status.in_(OPEN))
-    finished = db.session.execute(
+    finished = cast(CursorResult, db.session.execute(
         update(Digest).where(Digest.id == digest_id, Digest.finished_at.is_(None), ~still_open)
         .values(finished_at=now or utcnow()).execution_options(synchronize_session=False)
-    ).rowcount
+    )).rowcount
     db.session.commit()
     return finished == 1
 

@@ -14,6 +14,7 @@ import smtplib
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import cast
 
 from flask import current_app
 from sqlalchemy import case, select, update
@@ -127,7 +128,8 @@ def _posts(digest: Digest, sinces: list[datetime | None]) -> list[PostItem]:
     if known and len(known) == len(sinces):
         query = query.where(Post.published_at > min(known))
     rows = db.session.execute(query.order_by(Post.published_at.desc(), Post.id.desc()))
-    return [PostItem(*row) for row in rows]
+    # published posts always have published_at (posts.create and posts.update set it), though the column may be NULL
+    return [PostItem(*cast("tuple[int, str, str, datetime, str]", row)) for row in rows]
 
 
 def _send_all(digest: Digest, work: list, deadline: float, outcomes: Outcomes) -> None:

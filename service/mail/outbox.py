@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import smtplib
 from datetime import timedelta
+from typing import cast
 
 from flask import current_app
-from sqlalchemy import delete, or_, select, update
+from sqlalchemy import CursorResult, delete, or_, select, update
 
 from .. import tokens
 from ..extensions import db
@@ -213,14 +214,14 @@ def _claim(outbox_id: int, kind_is=None) -> OutboxEmail | None:
     """An atomic lease: of two workers given the same row, one sends; a dead worker's lease runs out.
     Only rows of `kind_is` (default: emails, never a request still to answer)."""
     now = utcnow()
-    claimed = db.session.execute(
+    claimed = cast(CursorResult, db.session.execute(
         update(OutboxEmail)
         .where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None), OutboxEmail.attempts < MAX_ATTEMPTS,
                OutboxEmail.kind != SIGNIN_REQUEST if kind_is is None else kind_is,
                or_(OutboxEmail.lease_until.is_(None), OutboxEmail.lease_until < now))
         .values(lease_until=now + LEASE, attempts=OutboxEmail.attempts + 1)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )).rowcount
     db.session.commit()
     return db.session.get(OutboxEmail, outbox_id) if claimed else None
 

@@ -92,6 +92,7 @@ class SMTPTransport:
 
     def connect(self) -> smtplib.SMTP:
         if self.connection is None:
+            connection: smtplib.SMTP
             if self.ssl:
                 connection = smtplib.SMTP_SSL(self.host, self.port, timeout=self.timeout,
                                               context=ssl.create_default_context())
@@ -101,6 +102,7 @@ class SMTPTransport:
                     connection.starttls(context=ssl.create_default_context())
             # The final "." goes out as its own small write after the content: with Nagle on it would wait
             # for the server's delayed ACK (~40 ms a message on Linux).
+            assert connection.sock is not None  # the constructor connected: it was given a host
             connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.username:
                 connection.login(self.username, self.password or "")
@@ -167,11 +169,12 @@ class SMTPTransport:
             replies = [connection.getreply() for _ in commands]
         else:
             replies = []
-            for command, accepted in zip(commands, ENVELOPE_ACCEPTS):
+            for command, accepted in zip(commands, ENVELOPE_ACCEPTS, strict=True):
                 replies.append(connection.docmd(command))
                 if replies[-1][0] not in accepted:
                     break
-        refusal = next(((code, reply) for (code, reply), accepted in zip(replies, ENVELOPE_ACCEPTS)
+        # replies stops at the first refusal when the commands went one by one
+        refusal = next(((code, reply) for (code, reply), accepted in zip(replies, ENVELOPE_ACCEPTS, strict=False)
                         if code not in accepted), None)
         if refusal is not None:
             if refusal[0] == 421 or replies[-1][0] == 354:  # the server is closing, or waits for content

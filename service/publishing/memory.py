@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from itertools import chain
-from typing import Callable, Hashable, TypeVar
+from typing import Any, Callable, Hashable, TypeVar
 
 from flask import Flask, current_app, has_app_context
 from sqlalchemy import event, inspect
@@ -27,7 +27,7 @@ class Memory:
 
     def __init__(self, seconds: float, size: int = 4096, clock: Callable[[], float] = time.monotonic):
         self.seconds, self.size, self.clock = seconds, size, clock
-        self.entries: dict[Hashable, tuple[object, float]] = {}  # key -> (value, fresh until)
+        self.entries: dict[Hashable, tuple[Any, float]] = {}  # key -> (value, fresh until): its key's build made it
         self.rebuilding: set[Hashable] = set()
         self.generation = 0  # moves on every forget_all: a value built before it is not kept
         self.lock = threading.Lock()
@@ -72,7 +72,7 @@ def forget_all() -> None:
         current_app.extensions["page_memory"].forget_all()
 
 
-def _changes_what_pages_show(instance, session: Session) -> bool:
+def _changes_what_pages_show(instance: object, session: Session) -> bool:
     """Posts and settings change pages; a subscriber does when their status, address or session epoch (a
     revoked session) changes, or they go."""
     if isinstance(instance, (Post, PublicationSettings)):

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flask import Response, current_app, g, request
+from flask import current_app, g, request
+from werkzeug.wrappers import Response  # flask.Response's base: what redirect() returns
 
 from .. import tokens
 from ..errors import InvalidToken, TokenExpired

@@ -1,10 +1,11 @@
 """The publisher's view of the list: search and filter in keyset pages, and one subscriber's whole record."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import ColumnElement, Row, TextClause, func, select, text
 
 from ..errors import NotFound, ValidationError
 from ..extensions import db
@@ -30,10 +31,10 @@ class Page:
 class Order:
     """How a list is sorted, and the keyset conditions that continue it after (or before) a subscriber's id."""
 
-    forwards: object
-    backwards: object
-    after: Callable[[int], object]
-    before: Callable[[int], object]
+    forwards: ColumnElement[Any] | TextClause
+    backwards: ColumnElement[Any] | TextClause
+    after: Callable[[int], ColumnElement[Any]]
+    before: Callable[[int], ColumnElement[Any]]
 
 
 def _address_of(subscriber_id: int):
@@ -101,7 +102,7 @@ class Record:
 
     subscriber: Subscriber
     events: list[Event]
-    deliveries: list  # the latest, as rows: run (the digest id), frequency, status, sent_at, attempts, error
+    deliveries: Sequence[Row]  # the latest, as rows: run (the digest id), frequency, status, sent_at, attempts, error
     delivery_counts: dict[str, int]  # every digest to this subscriber, by outcome
     emails: list[OutboxEmail]
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import cast
 
 from flask import current_app
-from sqlalchemy import or_, select, update
+from sqlalchemy import CursorResult, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import tokens
@@ -78,7 +79,7 @@ def answer_signin_request(outbox_id: int) -> bool:
     email, next_url = request.data.get("email") or "", request.data.get("next") or "/"
     subscriber = find(email)
     kind = _signin_mail_kind(subscriber) if subscriber else None
-    if kind is None or not abuse.spend_anonymous_mail(email):
+    if subscriber is None or kind is None or not abuse.spend_anonymous_mail(email):
         outbox.forget(request)
         db.session.commit()
         return False
@@ -137,7 +138,10 @@ def _find_or_add(email: str, name: str) -> Subscriber:
         db.session.flush()
     except IntegrityError:  # the same address, signed up at the same moment by another request
         db.session.rollback()
-        return find(email)
+        existing = find(email)
+        if existing is None:  # erased since, or another constraint broken: say what failed, not None later
+            raise
+        return existing
     db.session.add(Event(kind="signup", subscriber_id=subscriber.id, data={}))
     return subscriber
 
@@ -146,13 +150,13 @@ def _claim_cooldown(subscriber: Subscriber) -> bool:
     """One confirmation per address per CONFIRM_COOLDOWN, atomically, whatever the number of requests."""
     now = utcnow()
     since = now - timedelta(seconds=current_app.config["CONFIRM_COOLDOWN"])
-    claimed = db.session.execute(
+    claimed = cast(CursorResult, db.session.execute(
         update(Subscriber)
         .where(Subscriber.id == subscriber.id,
                or_(Subscriber.last_confirmation_at.is_(None), Subscriber.last_confirmation_at <= since))
         .values(last_confirmation_at=now)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )).rowcount
     return claimed == 1
 
 
@@ -234,12 +238,12 @@ def _unspent(purpose: str, payload: list) -> Subscriber:
 
 def _spend(purpose: str, payload: list, subscriber: Subscriber) -> Subscriber:
     """Move the link epoch on, in one conditional UPDATE: of two presses at once, one wins."""
-    spent = db.session.execute(
+    spent = cast(CursorResult, db.session.execute(
         update(Subscriber)
         .where(Subscriber.id == subscriber.id, Subscriber.link_epoch == payload[3])
         .values(link_epoch=Subscriber.link_epoch + 1)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    )).rowcount
     if spent != 1:
         raise LinkUsed(purpose)
     db.session.expire(subscriber, ["link_epoch"])

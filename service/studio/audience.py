@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 from flask import Response, current_app, flash, redirect, render_template, request, stream_with_context, url_for
 from markupsafe import Markup
+from werkzeug.wrappers import Response as BaseResponse  # what redirect() returns (flask.Response subclasses it)
 
 from ..errors import Conflict, NotFound, ValidationError, show_form_errors_on
 from ..models import utcnow
@@ -140,7 +141,7 @@ def _subscriber_page(number: int) -> dict:
     return {"record": found, "source": stats.describe_source(source) if source else None}
 
 
-def _act(subscriber_id: str, action, done: str) -> Response:
+def _act(subscriber_id: str, action, done: str) -> BaseResponse:
     """Run one action; a refusal (already unsubscribed, too soon) is shown on the subscriber's page, not as an error."""
     number = _id(subscriber_id)
     try:

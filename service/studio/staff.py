@@ -87,14 +87,15 @@ def check_password(email: object, password: object) -> Staff:
     """The account these credentials open, or SignInFailed (as slow for an unknown address as for a wrong password)."""
     staff = find(email) if isinstance(email, str) else None
     stored = staff.password_hash if staff is not None and staff.password_hash else _unusable_hash()
+    given = password if isinstance(password, str) else ""
     try:
-        _hasher.verify(stored, password if isinstance(password, str) else "")
+        _hasher.verify(stored, given)
     except (VerificationError, InvalidHashError):
         raise SignInFailed(field="password") from None
     if staff is None or not staff.password_hash:
         raise SignInFailed(field="password")
     if _hasher.check_needs_rehash(staff.password_hash):
-        staff.password_hash = _hasher.hash(password)
+        staff.password_hash = _hasher.hash(given)
         db.session.commit()
     return staff
 
@@ -194,7 +195,7 @@ def end_session(token: str | None) -> None:
 
 
 def session_count(staff: Staff) -> int:
-    return db.session.scalar(select(func.count()).select_from(StudioSession).where(StudioSession.staff_id == staff.id))
+    return db.session.execute(select(func.count()).select_from(StudioSession).where(StudioSession.staff_id == staff.id)).scalar_one()
 
 
 def _digest(token: str) -> str:

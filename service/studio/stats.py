@@ -91,7 +91,7 @@ def roll_up(now: datetime | None = None) -> dict:
 def _locked_marks(now: datetime) -> dict[str, RollupMark]:
     """Both marks, written first so that a second roll-up waits (row locks on PostgreSQL, the write lock on SQLite)."""
     db.session.commit()
-    if db.session.scalar(select(func.count()).select_from(RollupMark)) < 2:
+    if db.session.execute(select(func.count()).select_from(RollupMark)).scalar_one() < 2:
         _start_marks(now)
     # The transaction's first statement is a write: SQLite takes its lock before anything is read.
     db.session.execute(update(RollupMark).values(rolled_up_at=now).execution_options(synchronize_session=False))
@@ -131,7 +131,7 @@ def _event_counts(first_open: date) -> Counter:
         .outerjoin(Subscriber, Subscriber.id == Event.subscriber_id)
         .where(Event.created_at >= _midnight(first_open), Event.kind.in_(EVENT_METRICS))
         .group_by(day, Event.kind, moved_from, imported_as, source))
-    base_url, counts = current_app.config["BASE_URL"], Counter()
+    base_url, counts = current_app.config["BASE_URL"], Counter[tuple[str, date, str]]()
     for on, kind, was, imported, raw_source, number in rows:
         on, metric = _as_date(on), EVENT_METRICS[kind]
         counts[(metric, on, normalise_source(raw_source, base_url) if metric in SOURCED else "")] += number
@@ -265,8 +265,8 @@ def dashboard(days: int = 90, today: date | None = None) -> Dashboard:
     for metric, on, number in rows:
         if metric in series:
             series[metric][(_as_date(on) - first).days] = int(number)
-    before = db.session.scalar(select(func.coalesce(func.sum(DailyCount.count), 0))
-                               .where(DailyCount.metric == NET, DailyCount.day < first))
+    before = db.session.execute(select(func.coalesce(func.sum(DailyCount.count), 0))
+                                .where(DailyCount.metric == NET, DailyCount.day < first)).scalar_one()
     month = slice(days - 30, days)
     return Dashboard(days=span, series=series, subscribers=_running_total(int(before), series[NET]),
                      sources=sources(first, today), as_of=rolled_up_at(),

@@ -7,7 +7,6 @@ from zoneinfo import available_timezones
 
 from flask import (
     Blueprint,
-    Response,
     current_app,
     flash,
     g,
@@ -17,6 +16,7 @@ from flask import (
     request,
     url_for,
 )
+from werkzeug.wrappers import Response  # flask.Response's base: what redirect() returns
 
 from ..digests import preview as digest_preview
 from ..digests import runs
@@ -342,7 +342,9 @@ def digest_preview_mail():
     if digest.empty:
         return render_template("studio/empty_mail.html")
     to = digest.subscriber or g.staff
-    html = digest.parsed(to.email, to.name or "").get_body(preferencelist=("html",)).get_content()
+    html_part = digest.parsed(to.email, to.name or "").get_body(preferencelist=("html",))
+    assert html_part is not None  # a digest always has its HTML alternative (digests.message)
+    html = html_part.get_content()
     allow_framing()
     return make_response(html)
 

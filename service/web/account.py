@@ -5,7 +5,6 @@ import json
 
 from flask import (
     Blueprint,
-    Response,
     current_app,
     flash,
     jsonify,
@@ -15,6 +14,7 @@ from flask import (
     request,
     url_for,
 )
+from werkzeug.wrappers import Response  # flask.Response's base: what redirect() returns
 
 from ..errors import DomainError, ValidationError, clock_time, show_form_errors_on, wants_json
 from ..extensions import csrf, limiter

@@ -20,7 +20,7 @@ def healthz():
 @bp.get("/metrics")
 def metrics():
     if not allowed(request.headers.get("Authorization", "")):
-        body = "a valid Bearer metrics token (or the admin token) is required\n"
-        return body, 401, {"WWW-Authenticate": 'Bearer realm="metrics"', "Content-Type": "text/plain; charset=utf-8"}
+        refusal = "a valid Bearer metrics token (or the admin token) is required\n"
+        return refusal, 401, {"WWW-Authenticate": 'Bearer realm="metrics"', "Content-Type": "text/plain; charset=utf-8"}
     body, content_type = scrape()
     return body, 200, {"Content-Type": content_type, "Cache-Control": "no-store"}
