@@ -186,7 +186,7 @@ def test_two_roll_ups_at_once_count_a_run_once(app, backend):
         assert counts("digests_sent") == {(MONDAY.date(), ""): 1}
 
 
-def test_transactional_mail_is_counted_by_kind_when_sent(app):
+def test_transactional_mail_is_counted_by_kind_when_sent(app, own_queue):
     with app.app_context():
         sign_up("ada@example.org")
         from service.mail import outbox
