@@ -117,8 +117,8 @@ class DigestMail:
         """The text and HTML bodies, each post's full text (or teaser) cut where the HTML would pass the limit.
 
         The bodies are rendered once whole; only a digest that is too long is measured again: first with no post
-        text at all, which leaves the room the posts share, newest first; then, as inlined CSS adds a little to
-        the posts' own HTML, with that room narrowed by any overshoot until it fits."""
+        text at all, which leaves the room the posts share; then, as inlined CSS adds a little to the posts' own
+        HTML, with that room narrowed by any overshoot until it fits."""
         limit = current_app.config["DIGEST_HTML_LIMIT"]
         wanted = self._wanted()
 
@@ -211,18 +211,17 @@ class DigestMail:
 
 
 def _share(wanted: list[Shown], room: int) -> list[Shown]:
-    """The posts in `room` bytes of their own HTML, newest first: whole while they fit, then cut at a block;
-    once the room is spent, a post is its title and "Continue reading"."""
-    shown = []
-    for part in wanted:
-        size = len(part.html.encode("utf-8"))
-        if size <= room:
-            shown.append(part)
-            room -= size
-        else:
-            kept = content.cut_to_bytes(part.html, max(room, 0))
-            shown.append(Shown(kept, True))
-            room = 0
+    """The posts in `room` bytes of their own HTML, shared fairly: the shorter posts whole, each longer one cut at a
+    block to an equal share of what is left (and then "Continue reading"), so one long post never crowds out the rest."""
+    shown = list(wanted)
+    by_size = sorted(range(len(wanted)), key=lambda index: len(wanted[index].html.encode("utf-8")))
+    for place, index in enumerate(by_size):
+        share = max(room, 0) // (len(by_size) - place)
+        part = wanted[index]
+        if len(part.html.encode("utf-8")) > share:
+            part = Shown(content.cut_to_bytes(part.html, share), True)
+        shown[index] = part
+        room -= len(part.html.encode("utf-8"))
     return shown
 
 
