@@ -129,7 +129,7 @@
   // Subscribing in place: the same endpoint, limits and honeypot as the form, answered as JSON.
   function subscribe(event) {
     event.preventDefault();
-    var email = form.querySelector("input[type=email]");
+    var email = form.querySelector("input[name=email]");
     var button = form.querySelector("button[type=submit]");
     button.disabled = true;
     say("Sending…", false);
