@@ -143,8 +143,10 @@ class DigestMail:
         if publication.settings().digest_content != "full":
             return [Shown(self._absolute(post.teaser_html), True) for post in self.posts]
         missing = [post.id for post in self.posts if post.body_html is None]
-        rows = db.session.execute(select(Post.id, Post.body_html).where(Post.id.in_(missing))) if missing else []
-        bodies = {row.id: row.body_html for row in rows}
+        bodies: dict[int, str] = {}
+        if missing:
+            bodies = {row.id: row.body_html for row in db.session.execute(
+                select(Post.id, Post.body_html).where(Post.id.in_(missing)))}
         return [Shown(self._absolute(post.body_html if post.body_html is not None else bodies.get(post.id, post.teaser_html)),
                       post.id not in bodies and post.body_html is None) for post in self.posts]
 

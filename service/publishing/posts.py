@@ -148,7 +148,7 @@ class Listed:
     id: int
     slug: str
     title: str
-    published_at: datetime
+    published_at: datetime | None  # set on every published post
 
 
 def latest(excluding: int | None = None, count: int = 5) -> list[Listed]:

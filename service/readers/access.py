@@ -29,8 +29,11 @@ READING_STATUSES = ("confirmed", "bounced")
 class Readable(Protocol):
     """What the gating rule needs of a post: a Post row, or the page memory's note of one."""
 
-    id: int
-    visibility: str
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def visibility(self) -> str: ...
 
     @property
     def is_gated(self) -> bool: ...

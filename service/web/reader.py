@@ -43,7 +43,7 @@ def article(slug: str):
     key = ("article", slug, status, signed_in, reading.allowed, reading.meter.left if reading.meter else None)
     page = _kept(key, lambda: article_page(posts.published_by_id(gate.id), status, meter=reading.meter))
     response = private(make_response(page))
-    if reading.counted:
+    if reading.counted and reading.meter:
         access.keep_meter(response, reading.meter)
     return response
 
@@ -59,7 +59,7 @@ def _article_from_link(slug: str):
     response = private(make_response(article_page(post, status, link.expired, reading.meter)))
     if link.reader and access.current_reader() is None:
         access.give_reading_pass(response, link.reader)
-    if reading.counted:
+    if reading.counted and reading.meter:
         access.keep_meter(response, reading.meter)
     return response
 
