@@ -305,3 +305,66 @@ def test_confirming_and_signing_in_say_so_once(app, client, admin, mailbox, work
     assert other.post(f"/signin/{link}", data={"csrf_token": csrf_token(form.data)}).status_code == 303
     once, after = page(other, "/"), page(other, "/")
     assert "Signed in." in once and "Signed in." not in after
+
+
+# --- the studio and the migration ---
+
+def test_the_studio_offers_the_four_modes_and_the_reading_settings(app, client, admin):
+    from .studio_helpers import Publisher, make_staff
+
+    make_staff(app)
+    publisher = Publisher(client)
+    assert publisher.sign_in().status_code == 303
+    admin.patch("/settings", json={"default_visibility": "popup"})
+    editor = page(client, "/studio/posts/new")
+    assert re.findall(r'name="visibility" value="(\w+)"( checked)?', editor) == [
+        ("subscribers", ""), ("metered", ""), ("popup", " checked"), ("public", "")]
+    saved = publisher.form("/studio/posts/new", "/studio/posts/new", title="Studio metered", body=body("Studio"),
+                           visibility="metered", action="save")
+    assert saved.status_code == 303 and admin.get("/posts/studio-metered").get_json()["visibility"] == "metered"
+    assert "Metered" in page(client, "/studio/posts")
+    assert "read 3 metered posts a month in full" in page(client, "/studio/posts/studio-metered/preview")
+    answer = publisher.form("/studio/settings", "/studio/settings", name="The Slow Harbour", default_frequency="weekly",
+                            send_hour="8", send_weekday="0", timezone="UTC", teaser_words="120",
+                            default_visibility="metered", free_articles="5", popup_scroll_percent="70",
+                            popup_delay_seconds="0", popup_snooze_days="14", digest_content="teaser")
+    assert answer.status_code == 303
+    assert {key: value for key, value in admin.get("/settings").get_json().items() if key in (
+        "default_visibility", "free_articles", "popup_scroll_percent", "popup_delay_seconds", "popup_snooze_days",
+        "digest_content")} == {"default_visibility": "metered", "free_articles": 5, "popup_scroll_percent": 70,
+                               "popup_delay_seconds": 0, "popup_snooze_days": 14, "digest_content": "teaser"}
+    refused = publisher.form("/studio/settings", "/studio/settings", name="The Slow Harbour", free_articles="many")
+    assert refused.status_code == 422 and "Enter a whole number." in refused.get_data(as_text=True)
+
+
+def test_the_migration_keeps_posts_and_settings_and_allows_the_new_modes(tmp_path, monkeypatch):
+    from sqlalchemy import create_engine, text
+
+    from service import create_app
+
+    url = f"sqlite:///{tmp_path / 'modes.sqlite'}"
+    monkeypatch.setenv("KEEPREADING_INSTANCE_PATH", str(tmp_path))
+    monkeypatch.setenv("KEEPREADING_SECRET_KEY", SECRET_KEY)
+    monkeypatch.setenv("KEEPREADING_DATABASE_URL", url)
+    runner = create_app().test_cli_runner()
+    assert runner.invoke(args=["db", "upgrade", "3b8f2d6e1a47"]).exit_code == 0
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text("INSERT INTO publication_settings (id, default_frequency, send_hour, send_weekday, "
+                                "timezone, teaser_words, blocked_domains) VALUES (1, 'daily', 7, 2, 'UTC', 90, '')"))
+        connection.execute(text("INSERT INTO posts (slug, title, body, body_html, teaser_html, visibility, published, "
+                                "created_at, updated_at) VALUES ('old', 'Old', 'b', '<p>b</p>', '<p>b</p>', "
+                                "'subscribers', 1, '2026-01-01 08:00:00', '2026-01-01 08:00:00')"))
+    assert runner.invoke(args=["db", "upgrade"]).exit_code == 0
+    with engine.begin() as connection:
+        row = connection.execute(text("SELECT default_frequency, teaser_words, default_visibility, free_articles, "
+                                      "popup_scroll_percent, popup_delay_seconds, popup_snooze_days, digest_content "
+                                      "FROM publication_settings")).one()
+        assert tuple(row) == ("daily", 90, "subscribers", 3, 50, 45, 7, "full")
+        connection.execute(text("UPDATE posts SET visibility = 'metered' WHERE slug = 'old'"))
+    with pytest.raises(Exception, match="CHECK constraint failed"), engine.begin() as connection:
+        connection.execute(text("UPDATE posts SET visibility = 'members' WHERE slug = 'old'"))
+    assert runner.invoke(args=["db", "downgrade", "3b8f2d6e1a47"]).exit_code == 0
+    with engine.begin() as connection:
+        assert connection.execute(text("SELECT visibility FROM posts")).scalar_one() == "subscribers"
+    engine.dispose()
