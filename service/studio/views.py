@@ -309,7 +309,7 @@ def _reader_view(post) -> str:
         "metered": f"Readers who are not subscribed read {free} metered post{'s' if free != 1 else ''} a month in "
                    "full, told how many are left; after that they see the teaser and the subscribe block, as below.",
         "popup": "Everyone reads all of it. Readers who are not subscribed are invited to subscribe in a pop-up "
-                 "as they read (it needs JavaScript; below it stays closed), and by the form at the end.",
+                 "as they read (scroll the page below to see it), and by the form at its end.",
         "public": "This post is public: everyone reads all of it.",
     }[post.visibility]
 
