@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from .errors import DomainError
 from .extensions import db
-from .models import Post
+from .models import VISIBILITIES, Post
 from .publishing import demo, posts
 from .readers import subscriber_csv
 
@@ -36,10 +36,11 @@ def posts_group():
 @posts_group.command("add")
 @click.option("--title", required=True)
 @click.option("--file", "path", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--visibility", type=click.Choice(["public", "subscribers"]), default="subscribers", show_default=True)
+@click.option("--visibility", type=click.Choice(list(VISIBILITIES)), default=None,
+              help="who reads it in full (README: Access modes); default: the publication's default_visibility")
 @click.option("--slug", default=None, help="defaults to one made from the title")
 @click.option("--publish", is_flag=True, help="publish now (otherwise saved as a draft)")
-def add_post(title: str, path: Path, visibility: str, slug: str | None, publish: bool):
+def add_post(title: str, path: Path, visibility: str | None, slug: str | None, publish: bool):
     """Add a post from a Markdown file."""
     try:
         post = posts.create(title, path.read_text(encoding="utf-8"), visibility, publish, slug)
@@ -96,7 +97,7 @@ def export_subscribers(path: Path):
 @with_appcontext
 @click.option("--if-empty", is_flag=True, help="only when no post exists yet")
 def demo_command(if_empty: bool):
-    """Load the original demo posts (one public, several for subscribers)."""
+    """Load the original demo posts (one or more in each access mode)."""
     if if_empty and db.session.scalar(select(func.count()).select_from(Post)):
         click.echo("posts exist already; demo not loaded")
         return

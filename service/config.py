@@ -131,7 +131,12 @@ def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str
         "READER_SESSION_MAX_AGE": 365 * 24 * 3600,
         # An article link read without a session: the browser may read other gated posts this long.
         "READING_PASS_MAX_AGE": int(_env("READING_PASS_MAX_AGE", str(24 * 3600))),
+        # Metered articles are counted per browser over a rolling window of this many seconds (a signed cookie).
+        "METER_WINDOW": 30 * 24 * 3600,
         "DIGEST_BATCH_SIZE": int(_env("DIGEST_BATCH_SIZE", "1000")),
+        # A digest's HTML stays under this many bytes: Gmail clips a message's HTML past about 102 KB, so past the
+        # limit the rest of a post becomes "Continue reading" with its signed link.
+        "DIGEST_HTML_LIMIT": int(_env("DIGEST_HTML_LIMIT", "100000")),
         # A claimed delivery belongs to its worker this long; after it, the dispatcher hands it to another.
         "DELIVERY_LEASE": float(_env("DELIVERY_LEASE", "300")),
         "DIGEST_MAX_ATTEMPTS": int(_env("DIGEST_MAX_ATTEMPTS", "6")),

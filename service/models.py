@@ -11,7 +11,12 @@ from sqlalchemy.types import DateTime, TypeDecorator
 
 from .extensions import Model
 
-VISIBILITIES = ("public", "subscribers")
+# public: everyone reads it all; subscribers: others get the teaser and the subscribe block; popup: everyone reads
+# it all, and readers who are not subscribed are invited in a dismissable dialog; metered: free in full for a
+# browser's first few metered articles a month, then as subscribers.
+VISIBILITIES = ("public", "subscribers", "popup", "metered")
+DIGEST_CONTENTS = ("full", "teaser")
+GATED_VISIBILITIES = ("subscribers", "metered")
 STATUSES = ("pending", "confirmed", "unsubscribed", "bounced", "deleted")
 FREQUENCIES = ("default", "daily", "weekly", "off")
 DELIVERY_STATUSES = ("pending", "sending", "sent", "failed", "skipped")
@@ -64,8 +69,21 @@ class PublicationSettings(Model):
     blocked_domains: Mapped[str] = mapped_column(Text, default="")
     # Origins allowed to frame the signup form; None: not set in the studio yet, KEEPREADING_EMBED_ORIGINS applies.
     embed_origins: Mapped[Optional[str]] = mapped_column(Text)
+    # Access modes (README "Access modes"): new posts' visibility, the pop-up's triggers and snooze, the meter.
+    default_visibility: Mapped[str] = mapped_column(String(16), default="subscribers", server_default="subscribers")
+    popup_scroll_percent: Mapped[int] = mapped_column(default=50, server_default="50")
+    popup_delay_seconds: Mapped[int] = mapped_column(default=45, server_default="45")  # 0: only scrolling opens it
+    popup_snooze_days: Mapped[int] = mapped_column(default=7, server_default="7")
+    free_articles: Mapped[int] = mapped_column(default=3, server_default="3")  # metered articles a browser reads a month
+    digest_content: Mapped[str] = mapped_column(String(10), default="full", server_default="full")
     __table_args__ = (
         CheckConstraint("default_frequency IN ('daily', 'weekly')", name="ck_settings_frequency"),
+        CheckConstraint(_in("default_visibility", VISIBILITIES), name="ck_settings_default_visibility"),
+        CheckConstraint("popup_scroll_percent BETWEEN 1 AND 100", name="ck_settings_popup_scroll"),
+        CheckConstraint("popup_delay_seconds BETWEEN 0 AND 3600", name="ck_settings_popup_delay"),
+        CheckConstraint("popup_snooze_days BETWEEN 1 AND 365", name="ck_settings_popup_snooze"),
+        CheckConstraint("free_articles BETWEEN 0 AND 100", name="ck_settings_free_articles"),
+        CheckConstraint(_in("digest_content", DIGEST_CONTENTS), name="ck_settings_digest_content"),
         CheckConstraint("send_hour BETWEEN 0 AND 23", name="ck_settings_hour"),
         CheckConstraint("send_weekday BETWEEN 0 AND 6", name="ck_settings_weekday"),
         CheckConstraint("teaser_words BETWEEN 10 AND 2000", name="ck_settings_teaser_words"),
@@ -90,6 +108,12 @@ class Post(Model):
 
     @property
     def is_gated(self) -> bool:
+        """Some readers may not read all of it (subscribers-only, or metered once a browser's free articles are
+        spent): its teaser holds part back, and no channel but the article page for an allowed reader carries the rest."""
+        return self.visibility in GATED_VISIBILITIES
+
+    @property
+    def for_subscribers_only(self) -> bool:
         return self.visibility == "subscribers"
 
     @property

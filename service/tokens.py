@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 #   reader, pass      [session epoch]      the session cookie, the reading pass of an article link
 #   article           [post id]
 #   unsubscribe       []
+# Browser-held values name no subscriber and have payloads of their own (`seal`, `unseal`):
+#   meter             [[post id, unix time read], ...]   a browser's metered articles of the last 30 days
 PURPOSES = {
     "confirm": "CONFIRM_MAX_AGE",
     "signin": "SIGNIN_MAX_AGE",
@@ -30,7 +32,9 @@ PURPOSES = {
     "studio_invite": "STUDIO_INVITE_MAX_AGE",  # payload [staff id, fingerprint, link generation]
     "studio_signin": "STUDIO_LINK_MAX_AGE",
     "pass": "READING_PASS_MAX_AGE",
+    "meter": "METER_WINDOW",
 }
+BROWSER_PURPOSES = {"meter"}
 
 
 def email_fingerprint(email: str, token_key: str) -> str:
@@ -100,6 +104,26 @@ def verify(purpose: str, token: str) -> list:
     if not isinstance(payload, list) or len(payload) < 2 or not isinstance(payload[0], int):
         raise InvalidToken(purpose)
     return payload
+
+
+def seal(purpose: str, payload) -> str:
+    """A signed value a browser keeps for us (no subscriber in it): what `unseal` reads back."""
+    if purpose not in BROWSER_PURPOSES:
+        raise ValueError(f"{purpose!r} tokens name a subscriber: use make()")
+    return serializer(purpose).dumps(payload)
+
+
+def unseal(purpose: str, token: str):
+    """The payload `seal` signed; raises TokenExpired past the purpose's max age, InvalidToken when forged,
+    tampered with or signed for another purpose."""
+    if purpose not in BROWSER_PURPOSES:
+        raise ValueError(f"{purpose!r} tokens name a subscriber: use verify()")
+    try:
+        return serializer(purpose).loads(token, max_age=current_app.config[PURPOSES[purpose]])
+    except SignatureExpired:
+        raise TokenExpired(purpose) from None
+    except (BadSignature, UnicodeDecodeError, ValueError):
+        raise InvalidToken(purpose) from None
 
 
 def _unsafe_payload(purpose: str, exc: SignatureExpired):

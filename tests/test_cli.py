@@ -3,6 +3,7 @@ from sqlalchemy import func, select
 
 from service.extensions import db
 from service.models import Post
+from service.publishing import demo
 
 
 def test_posts_add_from_a_markdown_file(runner, client, tmp_path):
@@ -50,6 +51,7 @@ def test_demo_loads_one_public_and_several_gated_posts(runner, app, client):
         posts = db.session.scalars(select(Post)).all()
         visibilities = [post.visibility for post in posts]
     assert visibilities.count("public") == 1 and visibilities.count("subscribers") >= 2
+    assert visibilities.count("popup") == 1 and visibilities.count("metered") == 1  # each access mode (issue 12)
     assert all(post.published for post in posts)
     gated = next(post for post in posts if post.visibility == "subscribers")
     assert "Subscribe to keep reading" in client.get(f"/p/{gated.slug}").get_data(as_text=True)
@@ -60,4 +62,4 @@ def test_demo_if_empty_does_not_load_twice(runner, app):
     again = runner.invoke(args=["demo", "--if-empty"])
     assert "posts exist already" in again.output
     with app.app_context():
-        assert db.session.scalar(select(func.count()).select_from(Post)) == 4
+        assert db.session.scalar(select(func.count()).select_from(Post)) == len(demo.POSTS)

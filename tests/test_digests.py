@@ -294,7 +294,8 @@ def test_headers_and_parts_as_received(app, mailbox, client):
     assert "<style" not in html and 'style="' in html  # CSS inlined
     assert "Zoë &quot;Z&quot; Bcc: victim@example.com" in html and "Hello Zoë" in text
     for body in (text, html):
-        assert unsubscribe in body and f"{BASE_URL}/account" in body and "Continue reading" in body
+        assert unsubscribe in body and f"{BASE_URL}/account" in body and "Read it on the web" in body
+        assert "The rest, for subscribers." in body  # full text by default (issue 12)
     with app.app_context():
         links = re.findall(re.escape(BASE_URL) + r"/p/([a-z0-9-]+)\?t=([A-Za-z0-9_.-]+)", text)
         assert [slug for slug, _ in links] == slugs

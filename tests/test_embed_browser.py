@@ -114,14 +114,24 @@ def test_embedded_form_on_another_origin_sends_the_confirmation(app, mailbox, wo
 
 
 def test_reader_pages_report_no_policy_violation(app, admin, client, mailbox, chromium):
+    from playwright.sync_api import expect
+
     admin.publish(title="Harbour notes", body="Words for the teaser.\n\n<!--more-->\n\nThe rest, for subscribers.")
+    # the access modes' pages (issue 12): the pop-up opens at once, the meter notice, a spent meter
+    admin.patch("/settings", json={"popup_delay_seconds": 1, "free_articles": 1})
+    admin.publish(title="Invited", body="Words for everyone.\n\nMore of them.", visibility="popup")
+    for title in ("Metered one", "Metered two"):
+        admin.publish(title=title, body="Words for the teaser.\n\n<!--more-->\n\nThe rest.", visibility="metered")
     with Served(app) as keepreading:
         app.config.update(BASE_URL=keepreading.url)
         page = chromium.new_page()
         errors = watched(page)
-        for path in ("/", "/p/harbour-notes", "/signin", "/account", "/embed", "/confirm/not-a-token", "/nowhere"):
+        for path in ("/", "/p/harbour-notes", "/signin", "/account", "/embed", "/confirm/not-a-token", "/nowhere",
+                     "/p/invited", "/p/metered-one", "/p/metered-two"):
             page.goto(keepreading.url + path)
             assert page.evaluate("getComputedStyle(document.body).fontFamily").startswith("Georgia"), path  # style.css
+            if path == "/p/invited":  # its script (a static file) ran: the dialog opened
+                expect(page.locator("dialog#invite")).to_be_visible(timeout=10_000)
             assert violations(page) == [], path
         page.goto(keepreading.url + "/p/harbour-notes")
         page.fill("input[name=email]", "reader@example.org")

@@ -163,3 +163,47 @@ def test_api_and_cli_say_when_a_gated_teaser_is_most_of_the_post(client, admin, 
     assert added.exit_code == 0 and "warning: The teaser shows" in added.stderr
     listed = runner.invoke(args=["posts", "list"]).output.splitlines()
     assert sum("warning: The teaser shows" in line for line in listed) == 2
+
+
+# --- access modes (issue 12): metered posts once the browser's free articles are spent, popup posts ---
+
+METERED_TAIL = "the pilot's second logbook"
+
+
+@pytest.fixture
+def spent_meter(admin, client):
+    """Three metered posts read in full, then a fourth whose tail this browser may no longer read."""
+    for n in range(1, 4):
+        admin.publish(title=f"Free sample {n}", body=f"Sample {n}.\n\n<!--more-->\n\nMore of sample {n}.",
+                      visibility="metered")
+        assert f"More of sample {n}" in client.get(f"/p/free-sample-{n}").get_data(as_text=True)
+    admin.publish(title="Past the meter", body=f"Opening of the fourth.\n\n<!--more-->\n\nThen {METERED_TAIL}.",
+                  visibility="metered")
+    return "/p/past-the-meter"
+
+
+def test_a_spent_meter_gets_the_teaser_and_the_subscribe_block(client, spent_meter):
+    page = client.get(spent_meter).get_data(as_text=True)
+    assert "Opening of the fourth." in page and METERED_TAIL not in page
+    assert "Subscribe to keep reading" in page and 'name="next" value="/p/past-the-meter"' in page
+
+
+@pytest.mark.parametrize("path", ["/", "/feed.xml", "/sitemap.xml", "/api/v1/posts", "/api/v1/posts/past-the-meter",
+                                  "/p/free-sample-1", "/p/past-the-meter"])
+def test_no_other_channel_leaks_a_metered_tail_once_the_meter_is_spent(client, spent_meter, path):
+    assert METERED_TAIL not in client.get(path).get_data(as_text=True)
+
+
+def test_meta_tags_of_a_metered_post_carry_no_gated_text(client, admin):
+    admin.publish(title="Metered", body=f"Opening.\n\n<!--more-->\n\nThen {METERED_TAIL}.", visibility="metered")
+    page = client.get("/p/metered").get_data(as_text=True)
+    assert METERED_TAIL in page  # a fresh meter reads it...
+    assert METERED_TAIL not in page.split("</head>")[0]  # ...never in the head
+
+
+def test_popup_posts_are_public_by_nature_in_every_channel(client, admin):
+    admin.publish(title="Invited", body=f"Opening.\n\n<!--more-->\n\nThen {TAIL.replace('secret', 'shared')}.",
+                  visibility="popup")
+    feed = client.get("/feed.xml").get_data(as_text=True)
+    assert '<category term="popup"' in feed and "shared recipe" in feed
+    assert "shared recipe" in client.get("/p/invited").get_data(as_text=True)

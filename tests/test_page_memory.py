@@ -146,3 +146,42 @@ def test_size_is_bounded():
     for n in range(10):
         memory.remember(n, lambda n=n: n)
     assert len(memory.entries) <= 3
+
+
+# --- metered posts (issue 12): the page depends on the browser's meter, so the meter is in the key ---
+
+METERED_TAIL = "the buoy that sings at low tide"
+
+
+@pytest.fixture
+def metered(admin):
+    slugs = []
+    for n in range(1, 4):
+        admin.publish(title=f"Sample {n}", body=f"Opening {n}.\n\n<!--more-->\n\nThen {METERED_TAIL}.", visibility="metered")
+        slugs.append(f"/p/sample-{n}")
+    admin.patch("/settings", json={"free_articles": 2})
+    return slugs
+
+
+def test_a_full_metered_page_in_memory_is_never_served_to_a_spent_meter(app, metered):
+    app.extensions["page_memory"].seconds = 600
+    first_reader, second_reader = app.test_client(), app.test_client()
+    assert METERED_TAIL in first_reader.get(metered[2]).get_data(as_text=True)  # kept: the full page, 1 left
+    for path in metered[:2]:
+        assert METERED_TAIL in second_reader.get(path).get_data(as_text=True)
+    spent = second_reader.get(metered[2]).get_data(as_text=True)
+    assert METERED_TAIL not in spent and "Subscribe to keep reading" in spent
+    tampered = app.test_client()
+    tampered.set_cookie("kr_meter", "forged")
+    assert METERED_TAIL not in tampered.get(metered[2]).get_data(as_text=True)
+    assert METERED_TAIL in app.test_client().get(metered[2]).get_data(as_text=True)  # a fresh meter still reads
+
+
+def test_statements_per_metered_view_do_not_grow_with_views(app, client, metered):
+    with Statements(app) as first:
+        assert client.get(metered[0]).status_code == 200
+    with Statements(app) as next_hundred:
+        for _ in range(100):
+            assert METERED_TAIL in client.get(metered[0]).get_data(as_text=True)
+    assert first.count <= 4
+    assert next_hundred.count == 0

@@ -199,7 +199,9 @@ def test_settings_are_saved_through_the_same_rules_as_the_api(app, publisher, ad
     assert admin.get("/settings").get_json() == {
         "name": "Tide Notes", "default_frequency": "daily", "send_hour": 7, "send_weekday": 4,
         "timezone": "America/New_York", "teaser_words": 60, "blocked_domains": ["junk.example", "spam.example"],
-        "embed_origins": ["https://blog.example", "https://www.blog.example"]}
+        "embed_origins": ["https://blog.example", "https://www.blog.example"], "default_visibility": "subscribers",
+        "popup_scroll_percent": 50, "popup_delay_seconds": 45, "popup_snooze_days": 7, "free_articles": 3,
+        "digest_content": "full"}
     page = publisher.client.get("/studio/settings").get_data(as_text=True)
     assert "https://blog.example\nhttps://www.blog.example</textarea>" in page
     assert '&lt;script src=&#34;http://localhost/embed.js&#34; data-keepreading&gt;&lt;/script&gt;' in page

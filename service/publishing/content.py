@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 from html import escape, unescape
 from html.parser import HTMLParser
 
@@ -77,6 +78,78 @@ def shown_share(teaser_html: str, body_html: str) -> float:
 def plain_text(html: str) -> str:
     """The words of (already sanitised) HTML, a space wherever a tag stood."""
     return re.sub(r"\s+", " ", unescape(_TAG.sub(" ", html))).strip()
+
+
+def cut_to_bytes(html: str, budget: int) -> str:
+    """The leading top-level blocks whose UTF-8 size fits the budget (for a mail that must stay small)."""
+    kept, size = [], 0
+    for block_html, _ in _Blocks.split(html):
+        size += len(block_html.encode("utf-8"))
+        if size > budget:
+            break
+        kept.append(block_html)
+    return "".join(kept).strip()
+
+
+_RELATIVE = re.compile(r'(\s(?:href|src)=")/(?!/)')
+
+
+def absolute_links(html: str, base_url: str) -> str:
+    """Links and images that point into the site, made absolute: a mail has no site to be relative to."""
+    return _RELATIVE.sub(lambda found: f"{found.group(1)}{base_url}/", html)
+
+
+def text_version(html: str, width: int = 72) -> str:
+    """(Sanitised) HTML as plain text for a mail: a paragraph per block, wrapped, links as "words <url>"."""
+    converter = _PlainText()
+    converter.feed(html)
+    converter.close()
+    return converter.result(width)
+
+
+class _PlainText(HTMLParser):
+    BLOCKS = {"p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "li", "blockquote", "pre", "figure", "figcaption",
+              "table", "tr", "hr", "ul", "ol", "br"}
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.paragraphs: list[str] = []
+        self.words: list[str] = []
+        self.links: list[str | None] = []
+
+    def _end_paragraph(self) -> None:
+        text = re.sub(r"\s+", " ", "".join(self.words)).strip()
+        if text:
+            self.paragraphs.append(text)
+        self.words = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag in self.BLOCKS:
+            self._end_paragraph()
+            if tag == "li":
+                self.words.append("- ")
+        elif tag == "a":
+            href = attributes.get("href") or ""
+            self.links.append(href if href.startswith(("http://", "https://", "mailto:")) else None)
+        elif tag == "img" and attributes.get("alt"):
+            self.words.append(f"[{attributes['alt']}]")
+
+    def handle_endtag(self, tag):
+        if tag in self.BLOCKS:
+            self._end_paragraph()
+        elif tag == "a" and self.links:
+            href = self.links.pop()
+            if href:
+                self.words.append(f" <{href}>")
+
+    def handle_data(self, data):
+        self.words.append(data)
+
+    def result(self, width: int) -> str:
+        self._end_paragraph()
+        return "\n\n".join(textwrap.fill(paragraph, width, break_long_words=False, break_on_hyphens=False)
+                           for paragraph in self.paragraphs)
 
 
 class _Blocks(HTMLParser):

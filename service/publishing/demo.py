@@ -1,4 +1,4 @@
-"""Original demo posts, so a fresh install has something to read and to gate."""
+"""Original demo posts, so a fresh install has something to read and to gate: at least one in each access mode."""
 from __future__ import annotations
 
 from slugify import slugify
@@ -14,8 +14,8 @@ POSTS = [
 pleasure of getting somewhere slowly.
 
 Each issue follows one harbour through a season: the ferry timetable, the chandlery that also sells
-ice cream, the tide tables pinned to the café wall. Some letters are free for everyone; most are for
-subscribers, who also get the whole archive.
+ice cream, the tide tables pinned to the café wall. Some letters are free for everyone; some you may
+sample a few times a month before subscribing; most are for subscribers, who also get the whole archive.
 
 Subscribing costs nothing but an email address. You confirm it once, and every new letter arrives in
 your inbox at the pace you choose: daily, weekly, or not at all while you are away.
@@ -39,7 +39,7 @@ days. None of it is official, and all of it would stop working the moment someon
 
 Next week: the tide clock that has been wrong, on purpose, since 1987.
 """),
-    ("A tide clock that is wrong on purpose", "subscribers", """\
+    ("A tide clock that is wrong on purpose", "metered", """\
 The clock above the harbour office has one hand and no numbers. It shows the state of the tide, and
 for as long as anyone can remember it has run about twenty minutes fast.
 
@@ -57,6 +57,34 @@ The menu that lists the soup as "until it's gone", which is the most honest time
 
 Tools that encode local knowledge are fragile in a particular way: they look like mistakes to
 newcomers. The harbour has a note taped below the clock now, in careful capitals: DO NOT CORRECT.
+"""),
+    ("Four in the morning on the fish quay", "popup", """\
+The fish quay wakes before anything else in town. At four the lights over the market hall come on
+one bank at a time, and the first vans back up to the loading doors with their reversing alarms
+turned down, a courtesy nobody asked for and everybody notices.
+
+The boats that went out at midnight are already on their way in. You can tell which is which from
+the quay by the sound of the engines long before you can read a name: the old trawler knocks, the
+two crabbers hum, and the yellow boat with the new gearbox whines like a kettle about to boil.
+
+<!--more-->
+
+The auction starts at half past five and lasts about as long as a cup of tea. The auctioneer does not
+shout. He walks along the rows of boxes with a tablet held against his chest and murmurs prices, and
+the buyers answer with a raised finger, a nod, once with a cough that I am still not sure was a bid.
+
+In between the landings there is a great deal of waiting, and the waiting has its own rules. The
+bench by the ice machine belongs to the retired skippers. The young buyers stand, because sitting
+would suggest they have time. The harbour cat patrols the gap between them with the air of an
+inspector who has seen all this before and expects to file a report.
+
+By seven it is over. The boxes are gone, the floor is hosed down, the vans have left for the
+restaurants inland, and the café on the corner opens for people who have already done a day's work.
+The rest of the town starts to stir, and walks past the clean, wet, empty market hall without
+knowing that anything happened there at all.
+
+I went three mornings in a row to write this. On the third, one of the skippers on the bench moved
+along without a word to make room. I am counting that as the best review this letter has had.
 """),
     ("Winter lists: what the chandlery sells in January", "subscribers", """\
 In summer the chandlery is a shop for visitors: flags, postcards, a bucket of shrimping nets by the

@@ -2,22 +2,33 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime
 
+from flask import g, has_request_context
 from slugify import slugify
 from sqlalchemy import func, select
 
 from ..errors import Conflict, NotFound, ValidationError
 from ..extensions import db
-from ..models import VISIBILITIES, Post, PublicationSettings, utcnow
-from . import content, publication
+from ..models import GATED_VISIBILITIES, VISIBILITIES, Post, PublicationSettings, utcnow
+from . import content, memory, publication
 
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 FIELDS = {"title", "body", "visibility", "published", "slug", "scheduled_at"}
 TEASER_WARNING_SHARE = 0.5  # a gated teaser past half of the words is "most of it"
+# The four access modes as the publisher reads them (README "Access modes").
+VISIBILITY_LABELS = {
+    "public": "Everyone",
+    "subscribers": "Subscribers",
+    "popup": "Everyone, with a subscribe pop-up",
+    "metered": "Metered",
+}
 
 
-def create(title, body, visibility="subscribers", published=False, slug=None) -> Post:
+def create(title, body, visibility=None, published=False, slug=None) -> Post:
+    """A new post; without a visibility, the publication's default for new posts."""
+    visibility = publication.settings().default_visibility if visibility is None else visibility
     fields = _validated({"title": title, "body": body, "visibility": visibility, "published": published},
                         required=("title", "body"))
     if slug is not None:
@@ -98,6 +109,57 @@ def get_published(slug: str) -> Post:
     return post
 
 
+@dataclass(frozen=True)
+class Gate:
+    """A published post as the reading path first asks after it (its page may be kept for the reader's access)."""
+
+    id: int
+    slug: str
+    visibility: str
+
+    @property
+    def is_gated(self) -> bool:
+        return self.visibility in GATED_VISIBILITIES
+
+
+def gate(slug: str) -> Gate:
+    """From the page memory; a post read for it is kept for this request, for the page that follows."""
+    return memory.remember(("gate", slug), lambda: _gate(get_published(slug)))
+
+
+def _gate(post: Post) -> Gate:
+    if has_request_context():
+        g.setdefault("posts_read", {})[post.id] = post  # the session's identity map holds rows only weakly
+    return Gate(post.id, post.slug, post.visibility)
+
+
+def published_by_id(post_id: int) -> Post:
+    post = g.get("posts_read", {}).get(post_id) if has_request_context() else None
+    post = post or db.session.get(Post, post_id)
+    if post is None or not post.published:
+        raise NotFound("No such article.")
+    return post
+
+
+@dataclass(frozen=True)
+class Listed:
+    """A line of the "Latest posts" list."""
+
+    id: int
+    slug: str
+    title: str
+    published_at: datetime | None  # set on every published post
+
+
+def latest(excluding: int | None = None, count: int = 5) -> list[Listed]:
+    """The newest published posts but one, for the list beside an article."""
+    newest = memory.remember(("latest", count + 1), lambda: [
+        Listed(*row) for row in db.session.execute(
+            select(Post.id, Post.slug, Post.title, Post.published_at).where(Post.published.is_(True))
+            .order_by(Post.published_at.desc(), Post.id.desc()).limit(count + 1))])
+    return [each for each in newest if each.id != excluding][:count]
+
+
 def published(limit: int | None = None) -> list[Post]:
     query = select(Post).where(Post.published.is_(True)).order_by(Post.published_at.desc(), Post.id.desc())
     return list(db.session.scalars(query.limit(limit)))
@@ -111,8 +173,9 @@ def every(title_contains: str | None = None) -> list[Post]:
     return list(db.session.scalars(query))
 
 
-def preview(title, body, visibility="subscribers", slug=None) -> Post:
+def preview(title, body, visibility=None, slug=None) -> Post:
     """A post as it would be saved, rendered but never stored: for the editor's preview."""
+    visibility = publication.settings().default_visibility if visibility is None else visibility
     fields = _validated({"title": title, "body": body, "visibility": visibility}, required=("title", "body"))
     post = Post(**fields, slug=slug or slugify(fields["title"], max_length=80) or "post", published=False)
     _render(post)
@@ -135,11 +198,12 @@ def recut_teasers() -> None:
 
 
 def teaser_warning(post: Post) -> str | None:
-    """Said to the publisher when a subscriber-only post's teaser gives most of it away (a late <!--more-->)."""
+    """Said to the publisher when a gated post's teaser gives most of it away (a late <!--more-->)."""
     share = content.shown_share(post.teaser_html, post.body_html)
     if not post.is_gated or share <= TEASER_WARNING_SHARE:
         return None
-    return (f"The teaser shows {share:.0%} of this subscriber-only post to everyone; "
+    kind = "subscriber-only" if post.for_subscribers_only else "metered"
+    return (f"The teaser shows {share:.0%} of this {kind} post to everyone; "
             "move <!--more--> earlier to keep more of it for subscribers.")
 
 
@@ -188,7 +252,7 @@ def _problem(name: str) -> str:
     return {
         "title": "title must be a non-empty string of at most 300 characters",
         "body": "body must be a Markdown string",
-        "visibility": "visibility must be 'public' or 'subscribers'",
+        "visibility": "visibility must be one of " + ", ".join(f"'{each}'" for each in VISIBILITIES),
         "published": "published must be true or false",
     }[name]
 

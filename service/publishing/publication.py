@@ -1,6 +1,7 @@
 """The publisher's settings row, read once per request."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -9,7 +10,7 @@ from sqlalchemy import update as sql_update
 
 from ..errors import ValidationError
 from ..extensions import db
-from ..models import PublicationSettings
+from ..models import DIGEST_CONTENTS, VISIBILITIES, PublicationSettings
 from . import memory
 
 EDITABLE = {
@@ -21,8 +22,22 @@ EDITABLE = {
     "teaser_words": int,
     "blocked_domains": str,
     "embed_origins": str,
+    "default_visibility": str,
+    "popup_scroll_percent": int,
+    "popup_delay_seconds": int,
+    "popup_snooze_days": int,
+    "free_articles": int,
+    "digest_content": str,
 }
-LISTS = ("blocked_domains", "embed_origins")  # also taken as JSON lists, kept as comma-separated text
+LISTS = ("blocked_domains", "embed_origins")
+PROBLEMS = {
+    "default_visibility": "default_visibility must be one of " + ", ".join(VISIBILITIES),
+    "popup_scroll_percent": "popup_scroll_percent must be a share of the article from 1 to 100",
+    "popup_delay_seconds": "popup_delay_seconds must be from 0 (scrolling only) to 3600",
+    "popup_snooze_days": "popup_snooze_days must be from 1 to 365",
+    "free_articles": "free_articles must be from 0 to 100",
+    "digest_content": "digest_content must be 'full' or 'teaser'",
+}  # also taken as JSON lists, kept as comma-separated text
 
 
 def settings() -> PublicationSettings:
@@ -31,7 +46,9 @@ def settings() -> PublicationSettings:
     row = db.session.get(PublicationSettings, 1)
     if row is None:
         row = PublicationSettings(id=1, default_frequency="weekly", send_hour=8, send_weekday=0,
-                                  timezone="UTC", teaser_words=120, blocked_domains="")
+                                  timezone="UTC", teaser_words=120, blocked_domains="", default_visibility="subscribers",
+                                  popup_scroll_percent=50, popup_delay_seconds=45, popup_snooze_days=7,
+                                  free_articles=3, digest_content="full")
         db.session.add(row)
         db.session.commit()
     if has_request_context():
@@ -48,6 +65,25 @@ def lock() -> None:
 
 def name() -> str:
     return memory.remember("publication-name", lambda: settings().name or current_app.config["PUBLICATION_NAME"])
+
+
+@dataclass(frozen=True)
+class Reading:
+    """The settings the reading path asks on every article view, kept in the page memory."""
+
+    free_articles: int  # metered articles a browser may read in full per rolling 30 days
+    popup_scroll_percent: int  # the pop-up opens once this share of the article is scrolled...
+    popup_delay_seconds: int  # ...or after this long on the page (0: scrolling only), whichever comes first
+    popup_snooze_days: int  # and stays closed this long in a browser that closed it
+
+
+def reading() -> Reading:
+    return memory.remember("reading-settings", _reading)
+
+
+def _reading() -> Reading:
+    row = settings()
+    return Reading(row.free_articles, row.popup_scroll_percent, row.popup_delay_seconds, row.popup_snooze_days)
 
 
 def blocked_domains() -> frozenset[str]:
@@ -90,6 +126,12 @@ def as_dict(row: PublicationSettings | None = None) -> dict:
         "teaser_words": row.teaser_words,
         "blocked_domains": sorted(blocked_domains()),
         "embed_origins": embed_origins(),
+        "default_visibility": row.default_visibility,
+        "popup_scroll_percent": row.popup_scroll_percent,
+        "popup_delay_seconds": row.popup_delay_seconds,
+        "popup_snooze_days": row.popup_snooze_days,
+        "free_articles": row.free_articles,
+        "digest_content": row.digest_content,
     }
 
 
@@ -125,9 +167,15 @@ def _check(field: str, value) -> None:
         "teaser_words": lambda v: 10 <= v <= 2000,
         "timezone": _is_zone,
         "name": lambda v: 0 < len(v.strip()) <= 200,
+        "default_visibility": lambda v: v in VISIBILITIES,
+        "popup_scroll_percent": lambda v: 1 <= v <= 100,
+        "popup_delay_seconds": lambda v: 0 <= v <= 3600,
+        "popup_snooze_days": lambda v: 1 <= v <= 365,
+        "free_articles": lambda v: 0 <= v <= 100,
+        "digest_content": lambda v: v in DIGEST_CONTENTS,
     }
     if field in rules and not rules[field](value):
-        raise ValidationError(f"{field} has an invalid value", field=field)
+        raise ValidationError(PROBLEMS.get(field, f"{field} has an invalid value"), field=field)
 
 
 def _origin(value: str) -> str:

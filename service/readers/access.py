@@ -3,10 +3,14 @@
 A session (cookie kr_reader) comes only from an explicit sign-in: a confirmation or sign-in link, pressed.
 It reads gated posts and opens the account. A reading pass (cookie kr_pass) comes from a digest's article
 link followed without a session: it reads gated posts for READING_PASS_MAX_AGE and opens nothing else.
-Both carry the subscriber's session epoch; moving it on (sign-out, leaving) ends every copy of both."""
+Both carry the subscriber's session epoch; moving it on (sign-out, leaving) ends every copy of both.
+A meter (cookie kr_meter) is a browser's own count of the metered articles it read in the last 30 days,
+signed so that it cannot be reset by editing; it names nobody and the server keeps no record of it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from flask import current_app, g, request
 from werkzeug.wrappers import Response  # flask.Response's base: what redirect() returns
@@ -14,25 +18,137 @@ from werkzeug.wrappers import Response  # flask.Response's base: what redirect()
 from .. import tokens
 from ..errors import InvalidToken, TokenExpired
 from ..extensions import db
-from ..models import Post, Subscriber
-from ..publishing import memory
+from ..models import Subscriber
+from ..publishing import memory, publication
 
 COOKIE = "kr_reader"
 PASS_COOKIE = "kr_pass"
+METER_COOKIE = "kr_meter"
 READING_STATUSES = ("confirmed", "bounced")
 
 
-def can_read(status: str | None, post: Post) -> bool:
-    """Public posts are for everyone; the rest for confirmed subscribers (status None: nobody signed in)."""
-    return not post.is_gated or status in READING_STATUSES
+class Readable(Protocol):
+    """What the gating rule needs of a post: a Post row, or the page memory's note of one."""
+
+    @property
+    def id(self) -> int: ...
+
+    @property
+    def visibility(self) -> str: ...
+
+    @property
+    def is_gated(self) -> bool: ...
+
+
+def can_read(status: str | None, post: Readable, meter: Meter | None = None) -> bool:
+    """The one gating rule. Public and popup posts are for everyone; the rest for confirmed subscribers (status
+    None: nobody signed in), and a metered post also for a browser whose meter counted it or has room for it."""
+    if not post.is_gated or status in READING_STATUSES:
+        return True
+    return post.visibility == "metered" and meter is not None and meter.allows(post.id)
+
+
+def subscribed(status: str | None) -> bool:
+    """A reader who reads everything: never metered, never invited to subscribe."""
+    return status in READING_STATUSES
+
+
+@dataclass(frozen=True)
+class Meter:
+    """A browser's metered articles of the last 30 days, (post id, unix time first read), from its signed cookie.
+    A cookie that does not verify (edited, forged, another cookie's value) leaves no free article."""
+
+    limit: int
+    reads: tuple[tuple[int, int], ...] = ()
+    spent: bool = False
+
+    def has_read(self, post_id: int) -> bool:
+        return any(read[0] == post_id for read in self.reads)
+
+    def allows(self, post_id: int) -> bool:
+        """Reading it again is free; a new one needs room."""
+        return not self.spent and (self.has_read(post_id) or len(self.reads) < self.limit)
+
+    @property
+    def left(self) -> int:
+        return 0 if self.spent else max(0, self.limit - len(self.reads))
+
+    def counting(self, post_id: int, now: int) -> Meter:
+        """The meter once this article is read: counted, unless it was already or may not be read."""
+        if self.has_read(post_id) or not self.allows(post_id):
+            return self
+        return replace(self, reads=(*self.reads, (post_id, now)))
+
+
+def browser_meter(now: int | None = None) -> Meter:
+    """This browser's meter: reads older than the window have aged out; an unreadable cookie is spent."""
+    limit, now = publication.reading().free_articles, int(time.time()) if now is None else now
+    value = request.cookies.get(METER_COOKIE)
+    if not value:
+        return Meter(limit)
+    try:
+        payload = tokens.unseal("meter", value)
+    except TokenExpired:  # not rewritten for a whole window: every read in it has aged out
+        return Meter(limit)
+    except InvalidToken:
+        return Meter(limit, spent=True)
+    reads = _reads(payload)
+    if reads is None:
+        return Meter(limit, spent=True)
+    window = current_app.config["METER_WINDOW"]
+    return Meter(limit, tuple(read for read in reads if now - read[1] < window))
+
+
+def _reads(payload) -> tuple[tuple[int, int], ...] | None:
+    if not isinstance(payload, list) or len(payload) > 1000:
+        return None
+    if not all(isinstance(read, list) and len(read) == 2 and all(type(n) is int for n in read) for read in payload):
+        return None
+    return tuple((read[0], read[1]) for read in payload)
+
+
+@dataclass(frozen=True)
+class ArticleAccess:
+    """What one view of an article gives this reader: the text or the gate, and the meter it leaves."""
+
+    allowed: bool
+    meter: Meter | None = None  # None: the post is not metered for this reader
+    counted: bool = False  # this view spent a free article: the browser's cookie is rewritten
+
+
+def article_access(status: str | None, post: Readable) -> ArticleAccess:
+    """Whether this reader reads the post in full here, counting a metered one against the browser's meter."""
+    if post.visibility != "metered" or subscribed(status):
+        return ArticleAccess(can_read(status, post))
+    before = browser_meter()
+    after = before.counting(post.id, int(time.time()))
+    return ArticleAccess(can_read(status, post, before), after, after is not before)
+
+
+def keep_meter(response: Response, meter: Meter) -> None:
+    value = tokens.seal("meter", [list(read) for read in meter.reads])
+    _set(response, METER_COOKIE, value, current_app.config["METER_WINDOW"])
 
 
 def session_status() -> str | None:
     """The signed-in reader's status, from a moment's memory: all the hot reading path asks."""
+    return _session_view()[0]
+
+
+def session_email() -> str | None:
+    """The signed-in reader's address, for "Signed in as …" (never part of a page kept in memory)."""
+    return _session_view()[1]
+
+
+def _session_view() -> tuple[str | None, str | None]:
     cookie = request.cookies.get(COOKIE)
     if not cookie:
-        return None
-    return memory.remember(("reader", cookie), lambda: status_of(reader_from_session(cookie)))
+        return None, None
+    return memory.remember(("reader", cookie), lambda: _view(reader_from_session(cookie)))
+
+
+def _view(reader: Subscriber | None) -> tuple[str | None, str | None]:
+    return (reader.status, reader.email) if reader else (None, None)
 
 
 def reading_status() -> str | None:
@@ -74,7 +190,7 @@ class ArticleLink:
     expired: bool = False
 
 
-def article_link(token: str | None, post: Post) -> ArticleLink:
+def article_link(token: str | None, post: Readable) -> ArticleLink:
     """A digest link (purpose "article", payload [subscriber, fingerprint, post]) for this post.
 
     Valid: the post may be read in full. Expired: the reader is asked to sign in. Anything else

@@ -34,6 +34,13 @@ COOKIE = "kr_studio"
 COOKIE_PATH = "/studio"
 WEEKDAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
 TOO_MANY = "Too many sign-in attempts. Wait a few minutes, then try again."
+# The editor's choices, in the order a publisher weighs them: (visibility, label, what readers get).
+VISIBILITY_CHOICES = (
+    ("subscribers", "Subscribers", "others see the teaser and the subscribe block"),
+    ("metered", "Metered", "readers who are not subscribed read a few such posts a month in full, then the teaser"),
+    ("popup", "Everyone, with a subscribe pop-up", "full text; readers who are not subscribed are invited as they read"),
+    ("public", "Everyone", "full text, no prompt"),
+)
 
 
 def _account_key() -> str:
@@ -205,8 +212,7 @@ def create_post():
     show_form_errors_on("studio/editor.html", post=None)
     if form.get("action") == "preview":
         return _editor_with_preview(None)
-    post = posts.create(form.get("title"), form.get("body"), form.get("visibility", "subscribers"),
-                        slug=form.get("slug") or None)
+    post = posts.create(form.get("title"), form.get("body"), form.get("visibility"), slug=form.get("slug") or None)
     flash("Draft saved.")
     return redirect(url_for("studio.edit_post", slug=post.slug), 303)
 
@@ -237,7 +243,7 @@ def save_post(slug: str):
 def _editor_with_preview(post):
     """The editor again, with what was typed and its server-rendered preview; nothing is saved."""
     form = request.form
-    draft = posts.preview(form.get("title"), form.get("body"), form.get("visibility", "subscribers"), form.get("slug"))
+    draft = posts.preview(form.get("title"), form.get("body"), form.get("visibility"), form.get("slug"))
     return render_template("studio/editor.html", post=post, form=form, preview=draft,
                            zone=publication.settings().timezone, teaser_warning=posts.teaser_warning(draft))
 
@@ -291,7 +297,21 @@ def delete_post(slug: str):
 @staff_required
 def anonymous_preview(slug: str):
     post = posts.get(slug)
-    return render_template("studio/anonymous.html", post=post, teaser_warning=posts.teaser_warning(post))
+    return render_template("studio/anonymous.html", post=post, teaser_warning=posts.teaser_warning(post),
+                           reader_view=_reader_view(post))
+
+
+def _reader_view(post) -> str:
+    """What the framed page below shows, in the publisher's words."""
+    free = publication.settings().free_articles
+    return {
+        "subscribers": "Readers who are not signed in see the teaser and the subscribe block.",
+        "metered": f"Readers who are not subscribed read {free} metered post{'s' if free != 1 else ''} a month in "
+                   "full, told how many are left; after that they see the teaser and the subscribe block, as below.",
+        "popup": "Everyone reads all of it. Readers who are not subscribed are invited to subscribe in a pop-up "
+                 "as they read (scroll the page below to see it), and by the form at its end.",
+        "public": "This post is public: everyone reads all of it.",
+    }[post.visibility]
 
 
 @bp.get("/posts/<slug>/preview/reader")
@@ -385,9 +405,17 @@ def save_settings():
         "blocked_domains": form.get("blocked_domains", ""),
         "embed_origins": form.get("embed_origins", ""),
     }
+    for field in READING_SETTINGS:  # the access modes' settings, as far as the form sent them
+        if field in form:
+            changes[field] = _number(form[field], field) if field in NUMBERS else form[field]
     posts.update_settings(changes)
     flash("Settings saved.")
     return redirect(url_for("studio.settings"), 303)
+
+
+READING_SETTINGS = ("default_visibility", "free_articles", "popup_scroll_percent", "popup_delay_seconds",
+                    "popup_snooze_days", "digest_content")
+NUMBERS = {"free_articles", "popup_scroll_percent", "popup_delay_seconds", "popup_snooze_days"}
 
 
 def _settings_page():
@@ -454,6 +482,12 @@ def studio_local_input(moment: datetime | None) -> str:
     return moment.astimezone(publication.zone()).strftime("%Y-%m-%dT%H:%M") if moment else ""
 
 
+@bp.app_template_filter("visibility_label")
+def visibility_label(visibility: str) -> str:
+    return posts.VISIBILITY_LABELS.get(visibility, visibility)
+
+
 @bp.app_context_processor
 def studio_context() -> dict:
-    return {"studio_staff": lambda: g.get("staff")}
+    return {"studio_staff": lambda: g.get("staff"), "visibility_choices": VISIBILITY_CHOICES,
+            "default_visibility": lambda: publication.settings().default_visibility}

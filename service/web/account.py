@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 
 from flask import (
     Blueprint,
@@ -14,6 +15,7 @@ from flask import (
     request,
     url_for,
 )
+from markupsafe import escape
 from werkzeug.wrappers import Response  # flask.Response's base: what redirect() returns
 
 from ..errors import DomainError, ValidationError, clock_time, show_form_errors_on, wants_json
@@ -32,6 +34,12 @@ signup_limit = limiter.shared_limit(abuse.signup_limit, scope="signup", methods=
 # names the field that is too long and keeps the rest, instead of a bare 413.
 FORM_MAX_BYTES = 256 * 1024
 FORM_ENDPOINTS = {"account.subscribe", "account.signin", "account.account_action"}
+# Pages are kept in memory per reader status, not per reader: they carry this per-process secret where the signed-in
+# reader's address goes, and each answer gets its own reader's address as it leaves (as headers.py does nonces).
+SIGNED_IN_AS = f"kr-reader-{secrets.token_hex(16)}"
+NO_STAY_IN_TOUCH = {"account.subscribe"}  # its answer: the reader has just used a signup form
+CONFIRMED = "You're subscribed. Welcome aboard: every post, and the whole archive, is yours to read."
+SIGNED_IN = "Signed in. Welcome back: every post is yours to read."
 
 
 @bp.url_value_preprocessor
@@ -69,7 +77,7 @@ def confirm_page(token: str):
 
 @bp.post("/confirm/<token>")
 def confirm(token: str):
-    return _signed_in(*subscriptions.confirm(token))
+    return _signed_in(*subscriptions.confirm(token), said=CONFIRMED)
 
 
 @bp.get("/signin")
@@ -94,7 +102,7 @@ def signin_link_page(token: str):
 
 @bp.post("/signin/<token>")
 def signin_link(token: str):
-    return _signed_in(*subscriptions.sign_in(token))
+    return _signed_in(*subscriptions.sign_in(token), said=SIGNED_IN)
 
 
 @bp.post("/renew/<any(confirm, signin):purpose>/<token>")
@@ -175,7 +183,24 @@ def unsubscribe(token: str):
 
 @bp.app_context_processor
 def reader_context():
-    return {"signed_in": lambda: access.session_status() is not None}
+    return {
+        "signed_in": lambda: access.session_status() is not None,
+        "signed_in_as": SIGNED_IN_AS,
+        # Hidden for signed-in readers, who never see a subscribe prompt.
+        "stay_in_touch": lambda: access.session_status() is None and request.endpoint not in NO_STAY_IN_TOUCH,
+    }
+
+
+@bp.after_app_request
+def fill_in_reader(response: Response) -> Response:
+    """The signed-in reader's address where a page says "Signed in as"; only pages for a signed-in reader carry it."""
+    if not request.cookies.get(access.COOKIE) or response.mimetype != "text/html" or response.direct_passthrough \
+            or not response.is_sequence:
+        return response
+    body, placeholder = response.get_data(), SIGNED_IN_AS.encode()
+    if placeholder in body:
+        response.set_data(body.replace(placeholder, str(escape(access.session_email() or "")).encode()))
+    return response
 
 
 def _fields() -> dict:
@@ -216,7 +241,9 @@ def _answer(message: str, template: str, **context):
     return _page(template, message=message, done=True, **context)
 
 
-def _signed_in(reader, next_url: str) -> Response:
+def _signed_in(reader, next_url: str, said: str) -> Response:
+    """Back where the reader came from, signed in, and told so once (a flash message: that page is not kept)."""
+    flash(said)
     response = redirect(next_url, 303)
     access.sign_in(response, reader)
     return response

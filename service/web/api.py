@@ -84,7 +84,7 @@ def create_post():
     post = posts.create(
         title=body.get("title"),
         body=body.get("body"),
-        visibility=body.get("visibility", "subscribers"),
+        visibility=body.get("visibility"),  # absent: the publication's default_visibility
         published=body.get("published", False),
         slug=body.get("slug"),
     )

@@ -24,6 +24,11 @@ SETTINGS = {"$ref": "#/components/schemas/Settings"}
 SUBSCRIBER = {"$ref": "#/components/schemas/Subscriber"}
 STATUS_VALUES = ["pending", "confirmed", "unsubscribed", "bounced", "deleted"]
 CSV_COLUMNS = "columns email,name,status,subscribed_at"
+VISIBILITY_VALUES = ["public", "subscribers", "popup", "metered"]
+VISIBILITY_HELP = ("public: full text for everyone; subscribers: others get the teaser and the subscribe block; "
+                   "popup: full text for everyone, and a dismissable subscribe dialog for readers who are not "
+                   "subscribed; metered: full text while the browser's free metered articles last "
+                   "(free_articles per 30 days), then as subscribers")
 
 PATHS: dict = {
     "/posts": {
@@ -83,7 +88,8 @@ PATHS: dict = {
 POST_FIELDS = {
     "title": {"type": "string", "minLength": 1, "maxLength": 300, "pattern": "\\S", "description": "not only spaces"},
     "body": {"type": "string", "maxLength": 500_000, "description": "Markdown; raw HTML is sanitised"},
-    "visibility": {"type": "string", "enum": ["public", "subscribers"], "default": "subscribers"},
+    "visibility": {"type": "string", "enum": VISIBILITY_VALUES,
+                   "description": VISIBILITY_HELP + ". A new post without it gets the setting default_visibility."},
     "published": {"type": "boolean", "default": False},
     "slug": {"type": "string", "maxLength": 200, "pattern": "^[a-z0-9]+(?:-[a-z0-9]+)*$"},
     "scheduled_at": {"type": ["string", "null"], "format": "date-time",
@@ -96,7 +102,8 @@ SCHEMAS: dict = {
     "NewPost": {"type": "object", "required": ["title", "body"], "properties": POST_FIELDS},
     "Post": {"type": "object", "properties": {
         "slug": {"type": "string"}, "title": {"type": "string"}, "url": {"type": "string", "format": "uri"},
-        "visibility": {"type": "string", "enum": ["public", "subscribers"]}, "published": {"type": "boolean"},
+        "visibility": {"type": "string", "enum": VISIBILITY_VALUES, "description": VISIBILITY_HELP},
+        "published": {"type": "boolean"},
         "published_at": {"type": ["string", "null"], "format": "date-time"}, "updated_at": {"type": "string", "format": "date-time"},
         "body": {"type": "string"}, "scheduled_at": {"type": ["string", "null"], "format": "date-time"},
         "teaser_warning": {"type": ["string", "null"],
@@ -108,7 +115,21 @@ SCHEMAS: dict = {
         "teaser_words": {"type": "integer", "minimum": 10, "maximum": 2000},
         "blocked_domains": {"type": "array", "items": {"type": "string"}},
         "embed_origins": {"type": "array", "items": {"type": "string"},
-                          "description": "origins allowed to frame the signup form, e.g. https://blog.example"}}},
+                          "description": "origins allowed to frame the signup form, e.g. https://blog.example"},
+        "default_visibility": {"type": "string", "enum": VISIBILITY_VALUES,
+                               "description": "the visibility of a new post that names none"},
+        "popup_scroll_percent": {"type": "integer", "minimum": 1, "maximum": 100,
+                                 "description": "popup posts: the dialog opens once this share of the article is scrolled"},
+        "popup_delay_seconds": {"type": "integer", "minimum": 0, "maximum": 3600,
+                                "description": "popup posts: ...or after this many seconds on the page, whichever "
+                                               "comes first (0: scrolling only)"},
+        "popup_snooze_days": {"type": "integer", "minimum": 1, "maximum": 365,
+                              "description": "a browser that closed the dialog does not see it again for this many days"},
+        "free_articles": {"type": "integer", "minimum": 0, "maximum": 100,
+                          "description": "metered posts a browser may read in full per rolling 30 days"},
+        "digest_content": {"type": "string", "enum": ["full", "teaser"],
+                           "description": "what digests carry of each post: its full text (cut to keep the "
+                                          "mail unclipped) or its teaser"}}},
     "Subscriber": {"type": "object", "properties": {
         "id": {"type": "integer"}, "email": {"type": "string", "format": "email"}, "name": {"type": "string"},
         "status": {"type": "string", "enum": STATUS_VALUES},
