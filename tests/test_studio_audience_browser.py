@@ -45,8 +45,10 @@ def test_a_reader_who_subscribes_on_the_site_appears_in_the_studio_with_the_char
                             published=True).slug
     reader = browser.new_context().new_page()
     reader.goto(f"{server.url}/p/{slug}")
-    reader.get_by_label("Email address").fill("dawn@example.org")
-    reader.get_by_role("button", name="Subscribe").click()
+    # the subscribe block at the article's end, not the "Stay in touch" box beside it
+    form = reader.locator("form", has=reader.locator("#subscribe-email"))
+    form.get_by_label("Email address").fill("dawn@example.org")
+    form.get_by_role("button", name="Subscribe").click()
     expect(reader.get_by_role("heading", name="Check your inbox")).to_be_visible()
     reader.goto(server.url + link_to(Reader(None, "dawn@example.org", mailbox).mails(1)[0].text, "/confirm/"))
     reader.get_by_role("button", name="Confirm my subscription").click()
