@@ -173,9 +173,11 @@ def staff_for_session(token: str | None) -> Staff | None:
     """The staff member a session cookie belongs to, while the session lives (idle timeout, maximum age)."""
     if not token:
         return None
-    row = db.session.get(StudioSession, _digest(token))
-    if row is None:
+    found = db.session.execute(select(StudioSession, Staff).join(Staff, Staff.id == StudioSession.staff_id)
+                               .where(StudioSession.id == _digest(token))).first()  # one statement on every studio page
+    if found is None:
         return None
+    row, staff = found
     now, config = utcnow(), current_app.config
     if (now - row.last_seen_at > timedelta(seconds=config["STUDIO_IDLE_TIMEOUT"])
             or now - row.created_at > timedelta(seconds=config["STUDIO_SESSION_MAX_AGE"])):
@@ -185,7 +187,7 @@ def staff_for_session(token: str | None) -> Staff | None:
     if now - row.last_seen_at > TOUCH_EVERY:
         row.last_seen_at = now
         db.session.commit()
-    return db.session.get(Staff, row.staff_id)
+    return staff
 
 
 def end_session(token: str | None) -> None:
