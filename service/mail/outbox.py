@@ -6,16 +6,23 @@ after that commit. If the broker is down the row waits, and the `flush_outbox` b
 A sign-in request is a row too (kind `signin_request`, the typed address in `data`, no subscriber): the
 request path writes the same row whatever the address, and the worker decides what it becomes (a sign-in
 link, a confirmation, or nothing) with `claim_request`, then `become` or `forget`, so the address leaves it.
+
+A burst (a shared post's signups) is sent by `drain`: each task claims every due row in batches of
+DRAIN_BATCH (one UPDATE each) and sends them on one transport, so the rows queued after it find their mail
+gone already. Each row is marked sent in the database just before the mail server takes the message (the
+final "." of its DATA), so a worker killed mid-drain leaves rows either sent (the server took them) or
+claimed and unsent, sent again when their lease runs out: each mail once.
 """
 from __future__ import annotations
 
 import logging
 import smtplib
+import time
 from datetime import timedelta
 from typing import cast
 
 from flask import current_app
-from sqlalchemy import CursorResult, delete, or_, select, update
+from sqlalchemy import CursorResult, and_, delete, or_, select, update
 
 from .. import tokens
 from ..extensions import db
@@ -27,7 +34,9 @@ log = logging.getLogger(__name__)
 SEND_TASK = "service.tasks.send_outbox_email"
 SIGNIN_REQUEST = "signin_request"
 TASKS = {SIGNIN_REQUEST: "service.tasks.answer_signin_request"}  # kinds another task handles before any send
-LEASE = timedelta(minutes=5)
+LEASE = timedelta(minutes=5)  # the default of KEEPREADING_OUTBOX_LEASE
+DRAIN_BATCH = 100  # rows one UPDATE claims; a drain claims batch after batch until none is due
+DRAIN_SECONDS = 60.0  # a drain stops claiming after this long; the tasks queued for later rows go on
 FIRST_TRY_GRACE = timedelta(minutes=2)  # a new row's own task may still be queued
 STALE_AFTER = timedelta(days=1)  # a day-old confirmation email would only confuse
 MAX_ATTEMPTS = 6
@@ -94,20 +103,139 @@ def send(outbox_id: int) -> bool:
     email = _claim(outbox_id)
     if email is None:
         return False
+    transport = transports.open_transport()
+    try:
+        return _deliver(email, transport, time.monotonic() + _lease().total_seconds() * 0.8)
+    except (LeaseRunningOut, OSError, smtplib.SMTPException) as error:
+        return _retry_later(email, f"{type(error).__name__}: {error}")
+    finally:
+        transport.close()
+
+
+class LeaseRunningOut(Exception):
+    """The batch's claim is about to expire: stop before another worker may take its rows."""
+
+
+def drain(outbox_id: int | None = None) -> int:
+    """Send this row (when it is still due) and every other email due now, batch after batch on one
+    transport; the number sent. A row another worker holds, or waiting out a back-off, is left alone."""
+    sent, started = 0, time.monotonic()
+    transport = None
+    try:
+        while time.monotonic() - started < DRAIN_SECONDS:
+            claimed = _claim_batch(outbox_id)
+            outbox_id = None
+            if not claimed:
+                break
+            transport = transport or transports.open_transport()
+            batch_sent, stopped = _send_batch(claimed, transport)
+            sent += batch_sent
+            if stopped:
+                break
+    finally:
+        if transport is not None:
+            transport.close()
+    return sent
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=current_app.config.get("OUTBOX_LEASE") or LEASE.total_seconds())
+
+
+def _claim_batch(first_id: int | None) -> list[int]:
+    """Lease up to DRAIN_BATCH due emails (and `first_id` if it is due) in one UPDATE; only this caller gets
+    the ids it returns (PostgreSQL skips rows another drain is claiming; SQLite has one writer at a time)."""
+    now = utcnow()
+    claimable = and_(OutboxEmail.sent_at.is_(None), OutboxEmail.attempts < MAX_ATTEMPTS,
+                     OutboxEmail.kind != SIGNIN_REQUEST,
+                     or_(OutboxEmail.lease_until.is_(None), OutboxEmail.lease_until < now))
+    fresh = OutboxEmail.created_at > now - STALE_AFTER  # flush leaves older ones alone too
+    wanted = fresh if first_id is None else or_(OutboxEmail.id == first_id, fresh)
+    due = (select(OutboxEmail.id).where(claimable, wanted).order_by(OutboxEmail.id).limit(DRAIN_BATCH)
+           .with_for_update(skip_locked=True))
+    claimed = db.session.execute(
+        update(OutboxEmail).where(OutboxEmail.id.in_(due.scalar_subquery()), claimable)
+        .values(lease_until=now + _lease(), attempts=OutboxEmail.attempts + 1)
+        .returning(OutboxEmail.id).execution_options(synchronize_session=False)
+    ).scalars().all()
+    db.session.commit()
+    return sorted(claimed)
+
+
+def _send_batch(ids: list[int], transport) -> tuple[int, bool]:
+    """Send the claimed rows on `transport`: (how many went out, whether the batch stopped early)."""
+    deadline = time.monotonic() + _lease().total_seconds() * 0.8
+    emails = db.session.scalars(select(OutboxEmail).where(OutboxEmail.id.in_(ids)).order_by(OutboxEmail.id)).all()
+    subscriber_ids = [email.subscriber_id for email in emails if email.subscriber_id]
+    db.session.scalars(select(Subscriber).where(Subscriber.id.in_(subscriber_ids))).all()  # one query, not one per row
+    sent = 0
+    for index, email in enumerate(emails):
+        try:
+            outcome = _deliver(email, transport, deadline)
+        except (LeaseRunningOut, OSError, smtplib.SMTPException) as trouble:
+            # the server is away, or time ran out: this row and the rest wait a while; not the readers'
+            # doing, so those never tried do not count it as an attempt
+            problem = f"{type(trouble).__name__}: {trouble}"
+            _retry_later(email, problem)
+            _release([row.id for row in emails[index + 1:]], problem)
+            return sent, True
+        sent += outcome
+    return sent, False
+
+
+def _deliver(email: OutboxEmail, transport, deadline: float) -> bool:
+    """One claimed row: composed now, marked sent just before the server takes it."""
+    outbox_id = email.id
     try:
         message = _message(email)
-        if message is None:
-            return _give_up(email, "the recipient is gone")
-        mailer.send_message(message)
-    except transports.DeliveryError as error:
-        return _give_up(email, str(error)) if error.permanent else _retry_later(email, str(error))
-    except (smtplib.SMTPException, OSError) as error:
-        return _retry_later(email, f"{type(error).__name__}: {error}")
     except ValueError as error:  # an address the header encoder refuses: sending again cannot help
         return _give_up(email, str(error))
-    email.sent_at, email.lease_until, email.error = utcnow(), None, None
-    db.session.commit()
+    if message is None:
+        return _give_up(email, "the recipient is gone")
+    handed_over = False
+
+    def commit() -> None:
+        nonlocal handed_over
+        if time.monotonic() >= deadline:
+            raise LeaseRunningOut("the claim's lease is running out")
+        _mark_sent(outbox_id)
+        handed_over = True
+
+    try:
+        transport.deliver(message.sender, message.recipient, message.data, commit)
+    except transports.DeliveryError as error:
+        if handed_over:
+            _mark_unsent(outbox_id)
+        email = db.session.get(OutboxEmail, outbox_id) or email
+        return _give_up(email, str(error)) if error.permanent else _retry_later(email, str(error))
+    except (OSError, smtplib.SMTPException):
+        if not handed_over:
+            raise
+        log.warning("outbox email %s: connection lost after end of data; taken as sent", outbox_id)
     return True
+
+
+def _mark_sent(outbox_id: int) -> None:
+    db.session.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id)
+                       .values(sent_at=utcnow(), lease_until=None, error=None)
+                       .execution_options(synchronize_session=False))
+    db.session.commit()
+
+
+def _mark_unsent(outbox_id: int) -> None:
+    db.session.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id).values(sent_at=None)
+                       .execution_options(synchronize_session=False))
+    db.session.commit()
+
+
+def _release(ids: list[int], problem: str) -> None:
+    """Claimed rows never tried: due again after a short wait (flush_outbox queues them), the claim uncounted."""
+    if ids:
+        db.session.execute(update(OutboxEmail).where(OutboxEmail.id.in_(ids), OutboxEmail.sent_at.is_(None))
+                           .values(lease_until=utcnow() + timedelta(minutes=1), attempts=OutboxEmail.attempts - 1,
+                                   error=problem[:500])
+                           .execution_options(synchronize_session=False))
+        db.session.commit()
 
 
 def claim_request(outbox_id: int) -> OutboxEmail | None:
@@ -219,7 +347,7 @@ def _claim(outbox_id: int, kind_is=None) -> OutboxEmail | None:
         .where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None), OutboxEmail.attempts < MAX_ATTEMPTS,
                OutboxEmail.kind != SIGNIN_REQUEST if kind_is is None else kind_is,
                or_(OutboxEmail.lease_until.is_(None), OutboxEmail.lease_until < now))
-        .values(lease_until=now + LEASE, attempts=OutboxEmail.attempts + 1)
+        .values(lease_until=now + _lease(), attempts=OutboxEmail.attempts + 1)
         .execution_options(synchronize_session=False)
     )).rowcount
     db.session.commit()
