@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from celery.signals import before_task_publish
 from sqlalchemy import select, text
 
 from service import create_app
@@ -148,7 +149,9 @@ def app(backend, monkeypatch, mailbox):
         if not backend.schema_ready:
             db.create_all()
             backend.schema_ready = True
+        settle_worker(app, backend)
         backend.clean()
+    mailbox.clear()
     yield app
     with app.app_context():
         db.session.remove()
@@ -182,6 +185,23 @@ def worker(app, backend):
         backend.worker = WorkerProcess(backend.env, log=backend.folder / "worker.log").start()
     wait_for_ping(app, f"ready-{next(_unique)}")
     return backend.worker
+
+
+_published = {"since_settled": False}
+
+
+@before_task_publish.connect
+def _note_publish(**_kwargs) -> None:
+    _published["since_settled"] = True
+
+
+def settle_worker(app, backend) -> None:
+    """The session's worker drains every due outbox row, whichever task it runs: a task an earlier test
+    queued must not send this test's rows. When anything was queued since, a ping queued behind it is
+    waited for (the tasks before it have run, and found nothing of this test's)."""
+    if backend.worker is not None and backend.worker.alive and _published["since_settled"]:
+        wait_for_ping(app, f"settle-{next(_unique)}")
+    _published["since_settled"] = False
 
 
 def wait_for_ping(app, value: str, timeout: float = 60) -> None:
