@@ -18,7 +18,8 @@ from __future__ import annotations
 import logging
 import smtplib
 import time
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import cast
 
 from flask import current_app
@@ -100,12 +101,13 @@ def enqueue(outbox_id: int, kind: str | None = None) -> None:
 
 def send(outbox_id: int) -> bool:
     """Claim the row, send it, mark it sent. False when another worker has it or it is done."""
-    email = _claim(outbox_id)
+    claim = Claim.starting_now([outbox_id])
+    email = _claim(outbox_id, lease_until=claim.lease_until)
     if email is None:
         return False
     transport, marks = transports.open_transport(), db.engine.connect()
     try:
-        return _deliver(email, transport, marks, time.monotonic() + _lease().total_seconds() * 0.8)
+        return _deliver(email, transport, marks, claim)
     except (LeaseRunningOut, OSError, smtplib.SMTPException) as error:
         return _retry_later(email, f"{type(error).__name__}: {error}")
     finally:
@@ -125,12 +127,12 @@ def drain(outbox_id: int | None = None) -> int:
     marks = db.engine.connect()  # marks each row sent on its own, the session's rows left as they are
     try:
         while time.monotonic() - started < DRAIN_SECONDS:
-            claimed = _claim_batch(outbox_id)
+            claim = _claim_batch(outbox_id)
             outbox_id = None
-            if not claimed:
+            if not claim.ids:
                 break
             transport = transport or transports.open_transport()
-            batch_sent, stopped = _send_batch(claimed, transport, marks)
+            batch_sent, stopped = _send_batch(claim, transport, marks)
             sent += batch_sent
             if stopped:
                 break
@@ -145,48 +147,67 @@ def _lease() -> timedelta:
     return timedelta(seconds=current_app.config.get("OUTBOX_LEASE") or LEASE.total_seconds())
 
 
-def _claim_batch(first_id: int | None) -> list[int]:
+@dataclass
+class Claim:
+    """Rows leased by one UPDATE: their lease's end is the claim's mark (a row whose lease_until is another
+    value is no longer this claim's), and the monotonic time by which its mails must be handed over."""
+
+    ids: list[int]
+    lease_until: datetime
+    deadline: float
+
+    @classmethod
+    def starting_now(cls, ids: list[int] | None = None) -> "Claim":
+        lease = _lease()
+        return cls(ids or [], utcnow() + lease, time.monotonic() + lease.total_seconds() * 0.8)
+
+
+def _claim_batch(first_id: int | None) -> Claim:
     """Lease up to DRAIN_BATCH due emails (and `first_id` if it is due) in one UPDATE; only this caller gets
-    the ids it returns (PostgreSQL skips rows another drain is claiming; SQLite has one writer at a time)."""
-    now = utcnow()
+    the ids it returns (PostgreSQL skips rows another drain is locking; SQLite has one writer at a time)."""
+    claim, now = Claim.starting_now(), utcnow()
     claimable = and_(OutboxEmail.sent_at.is_(None), OutboxEmail.attempts < MAX_ATTEMPTS,
                      OutboxEmail.kind != SIGNIN_REQUEST,
                      or_(OutboxEmail.lease_until.is_(None), OutboxEmail.lease_until < now))
     fresh = OutboxEmail.created_at > now - STALE_AFTER  # flush leaves older ones alone too
     wanted = fresh if first_id is None else or_(OutboxEmail.id == first_id, fresh)
-    due = (select(OutboxEmail.id).where(claimable, wanted).order_by(OutboxEmail.id).limit(DRAIN_BATCH)
-           .with_for_update(skip_locked=True))
-    claimed = db.session.execute(
-        update(OutboxEmail).where(OutboxEmail.id.in_(due.scalar_subquery()), claimable)
-        .values(lease_until=now + _lease(), attempts=OutboxEmail.attempts + 1)
+    # A CTE, evaluated once: PostgreSQL may run a LIMIT ... SKIP LOCKED subquery again for each row it
+    # updates, and so claim more rows than the limit.
+    picked = (select(OutboxEmail.id).where(claimable, wanted).order_by(OutboxEmail.id).limit(DRAIN_BATCH)
+              .with_for_update(skip_locked=True).cte("picked").prefix_with("MATERIALIZED"))
+    claim.ids = sorted(db.session.execute(
+        update(OutboxEmail).where(OutboxEmail.id.in_(select(picked.c.id)), claimable)
+        .values(lease_until=claim.lease_until, attempts=OutboxEmail.attempts + 1)
         .returning(OutboxEmail.id).execution_options(synchronize_session=False)
-    ).scalars().all()
+    ).scalars().all())
     db.session.commit()
-    return sorted(claimed)
+    return claim
 
 
-def _send_batch(ids: list[int], transport, marks: Connection) -> tuple[int, bool]:
+def _send_batch(claim: Claim, transport, marks: Connection) -> tuple[int, bool]:
     """Send the claimed rows on `transport`: (how many went out, whether the batch stopped early)."""
-    deadline = time.monotonic() + _lease().total_seconds() * 0.8
-    emails = db.session.scalars(select(OutboxEmail).where(OutboxEmail.id.in_(ids)).order_by(OutboxEmail.id)).all()
+    emails = db.session.scalars(select(OutboxEmail).where(OutboxEmail.id.in_(claim.ids)).order_by(OutboxEmail.id)).all()
     subscriber_ids = [email.subscriber_id for email in emails if email.subscriber_id]
     db.session.scalars(select(Subscriber).where(Subscriber.id.in_(subscriber_ids))).all()  # one query, not one per row
     sent = 0
     for index, email in enumerate(emails):
         try:
-            outcome = _deliver(email, transport, marks, deadline)
-        except (LeaseRunningOut, OSError, smtplib.SMTPException) as trouble:
-            # the server is away, or time ran out: this row and the rest wait a while; not the readers'
-            # doing, so those never tried do not count it as an attempt
+            outcome = _deliver(email, transport, marks, claim)
+        except LeaseRunningOut:  # a slow server: the rest are claimed again, with a fresh lease
+            _release(claim, [row.id for row in emails[index:]])
+            return sent, False
+        except (OSError, smtplib.SMTPException) as trouble:
+            # the server is away: this row and the rest wait a while; not the readers' doing, so those
+            # never tried do not count it as an attempt
             problem = f"{type(trouble).__name__}: {trouble}"
             _retry_later(email, problem)
-            _release([row.id for row in emails[index + 1:]], problem)
+            _release(claim, [row.id for row in emails[index + 1:]], problem)
             return sent, True
         sent += outcome
     return sent, False
 
 
-def _deliver(email: OutboxEmail, transport, marks: Connection, deadline: float) -> bool:
+def _deliver(email: OutboxEmail, transport, marks: Connection, claim: Claim) -> bool:
     """One claimed row: composed now, marked sent just before the server takes it."""
     outbox_id = email.id
     try:
@@ -199,16 +220,18 @@ def _deliver(email: OutboxEmail, transport, marks: Connection, deadline: float) 
 
     def commit() -> None:
         nonlocal handed_over
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= claim.deadline:
             raise LeaseRunningOut("the claim's lease is running out")
-        _mark(marks, outbox_id, sent_at=utcnow(), lease_until=None, error=None)
+        _mark_sent(marks, outbox_id, claim)
         handed_over = True
 
     try:
         transport.deliver(message.sender, message.recipient, message.data, commit)
     except transports.DeliveryError as error:
         if handed_over:
-            _mark(marks, outbox_id, sent_at=None)
+            with marks.begin():
+                marks.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id)
+                              .values(sent_at=None, lease_until=claim.lease_until))
         email = db.session.get(OutboxEmail, outbox_id) or email
         return _give_up(email, str(error)) if error.permanent else _retry_later(email, str(error))
     except (OSError, smtplib.SMTPException):
@@ -218,21 +241,30 @@ def _deliver(email: OutboxEmail, transport, marks: Connection, deadline: float) 
     return True
 
 
-def _mark(marks: Connection, outbox_id: int, **values) -> None:
-    """Committed on a connection of its own, held for the drain: a session commit would expire every row and
+def _mark_sent(marks: Connection, outbox_id: int, claim: Claim) -> None:
+    """Sent, if the row is still this claim's; LeaseRunningOut when it is not (the mail is then abandoned).
+    Committed on a connection of its own, held for the drain: a session commit would expire every row and
     reader the batch loaded, and a pooled connection is pinged at each checkout (measured: a drain of 1,000
     spent three quarters of its time in those)."""
     with marks.begin():
-        marks.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id).values(**values))
+        marked = marks.execute(
+            update(OutboxEmail).where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None),
+                                      OutboxEmail.lease_until == claim.lease_until)
+            .values(sent_at=utcnow(), lease_until=None, error=None)).rowcount
+    if marked != 1:
+        raise LeaseRunningOut(f"outbox email {outbox_id}: the claim was lost")
 
 
-def _release(ids: list[int], problem: str) -> None:
-    """Claimed rows never tried: due again after a short wait (flush_outbox queues them), the claim uncounted."""
+def _release(claim: Claim, ids: list[int], problem: str | None = None) -> None:
+    """This claim's rows never tried, the claim uncounted: due again at once, or after a short wait
+    (flush_outbox queues them) when there was a `problem`."""
     if ids:
-        db.session.execute(update(OutboxEmail).where(OutboxEmail.id.in_(ids), OutboxEmail.sent_at.is_(None))
-                           .values(lease_until=utcnow() + timedelta(minutes=1), attempts=OutboxEmail.attempts - 1,
-                                   error=problem[:500])
-                           .execution_options(synchronize_session=False))
+        values: dict[str, object] = {"lease_until": None, "attempts": OutboxEmail.attempts - 1}
+        if problem:
+            values.update(lease_until=utcnow() + timedelta(minutes=1), error=problem[:500])
+        db.session.execute(update(OutboxEmail).where(OutboxEmail.id.in_(ids), OutboxEmail.sent_at.is_(None),
+                                                     OutboxEmail.lease_until == claim.lease_until)
+                           .values(values).execution_options(synchronize_session=False))
         db.session.commit()
 
 
@@ -338,7 +370,7 @@ def _action_url(email: OutboxEmail, subscriber: Subscriber) -> str | None:
     return links.external(endpoint, token=token)
 
 
-def _claim(outbox_id: int, kind_is=None) -> OutboxEmail | None:
+def _claim(outbox_id: int, kind_is=None, lease_until: datetime | None = None) -> OutboxEmail | None:
     """An atomic lease: of two workers given the same row, one sends; a dead worker's lease runs out.
     Only rows of `kind_is` (default: emails, never a request still to answer)."""
     now = utcnow()
@@ -347,7 +379,7 @@ def _claim(outbox_id: int, kind_is=None) -> OutboxEmail | None:
         .where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None), OutboxEmail.attempts < MAX_ATTEMPTS,
                OutboxEmail.kind != SIGNIN_REQUEST if kind_is is None else kind_is,
                or_(OutboxEmail.lease_until.is_(None), OutboxEmail.lease_until < now))
-        .values(lease_until=now + _lease(), attempts=OutboxEmail.attempts + 1)
+        .values(lease_until=lease_until or now + _lease(), attempts=OutboxEmail.attempts + 1)
         .execution_options(synchronize_session=False)
     )).rowcount
     db.session.commit()
