@@ -138,7 +138,7 @@ def backend(request, tmp_path_factory, mailbox_server):
 
 
 @pytest.fixture
-def app(backend, monkeypatch, mailbox):
+def app(backend, monkeypatch, mailbox, mailbox_server):
     for name in list(os.environ):
         if name.startswith("KEEPREADING_") and not name.startswith("KEEPREADING_TEST_"):
             monkeypatch.delenv(name)
@@ -151,7 +151,7 @@ def app(backend, monkeypatch, mailbox):
             backend.schema_ready = True
         settle_worker(app, backend)
         backend.clean()
-    mailbox.clear()
+    mailbox_server.clear()  # of what the earlier tasks sent (`mailbox` is a test's parameter in some)
     yield app
     with app.app_context():
         db.session.remove()

@@ -18,12 +18,13 @@ from __future__ import annotations
 import logging
 import smtplib
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import cast
 
 from flask import current_app
-from sqlalchemy import Connection, CursorResult, and_, delete, or_, select, update
+from sqlalchemy import CursorResult, and_, delete, or_, select, update
 
 from .. import tokens
 from ..extensions import db
@@ -105,14 +106,14 @@ def send(outbox_id: int) -> bool:
     email = _claim(outbox_id, lease_until=claim.lease_until)
     if email is None:
         return False
-    transport, marks = transports.open_transport(), db.engine.connect()
+    transport = transports.open_transport()
     try:
-        return _deliver(email, transport, marks, claim)
+        with _rows_kept():
+            return _deliver(email, transport, claim)
     except (LeaseRunningOut, OSError, smtplib.SMTPException) as error:
         return _retry_later(email, f"{type(error).__name__}: {error}")
     finally:
         transport.close()
-        marks.close()
 
 
 class LeaseRunningOut(Exception):
@@ -124,23 +125,37 @@ def drain(outbox_id: int | None = None) -> int:
     transport; the number sent. A row another worker holds, or waiting out a back-off, is left alone."""
     sent, started = 0, time.monotonic()
     transport = None
-    marks = db.engine.connect()  # marks each row sent on its own, the session's rows left as they are
     try:
-        while time.monotonic() - started < DRAIN_SECONDS:
-            claim = _claim_batch(outbox_id)
-            outbox_id = None
-            if not claim.ids:
-                break
-            transport = transport or transports.open_transport()
-            batch_sent, stopped = _send_batch(claim, transport, marks)
-            sent += batch_sent
-            if stopped:
-                break
+        with _rows_kept():
+            while time.monotonic() - started < DRAIN_SECONDS:
+                claim = _claim_batch(outbox_id)
+                outbox_id = None
+                if not claim.ids:
+                    break
+                transport = transport or transports.open_transport()
+                batch_sent, stopped = _send_batch(claim, transport)
+                sent += batch_sent
+                if stopped:
+                    break
     finally:
         if transport is not None:
             transport.close()
-        marks.close()
     return sent
+
+
+@contextmanager
+def _rows_kept():
+    """Commits keep the rows and readers a batch loaded: each mail's mark is its own commit, and expiring
+    the whole batch at each one made a drain quadratic (measured: 76 mails/s at 1,000, most of it there).
+    One connection for the loads and the marks: a second one waiting on a table lock that waits on the
+    first (a TRUNCATE, an ALTER TABLE) would never be seen as a deadlock."""
+    session = db.session()
+    before, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        yield
+    finally:
+        session.expire_on_commit = before
+        session.expire_all()  # the caller reads the rows as they are now
 
 
 def _lease() -> timedelta:
@@ -184,7 +199,7 @@ def _claim_batch(first_id: int | None) -> Claim:
     return claim
 
 
-def _send_batch(claim: Claim, transport, marks: Connection) -> tuple[int, bool]:
+def _send_batch(claim: Claim, transport) -> tuple[int, bool]:
     """Send the claimed rows on `transport`: (how many went out, whether the batch stopped early)."""
     emails = db.session.scalars(select(OutboxEmail).where(OutboxEmail.id.in_(claim.ids)).order_by(OutboxEmail.id)).all()
     subscriber_ids = [email.subscriber_id for email in emails if email.subscriber_id]
@@ -192,7 +207,7 @@ def _send_batch(claim: Claim, transport, marks: Connection) -> tuple[int, bool]:
     sent = 0
     for index, email in enumerate(emails):
         try:
-            outcome = _deliver(email, transport, marks, claim)
+            outcome = _deliver(email, transport, claim)
         except LeaseRunningOut:  # a slow server: the rest are claimed again, with a fresh lease
             _release(claim, [row.id for row in emails[index:]])
             return sent, False
@@ -207,7 +222,7 @@ def _send_batch(claim: Claim, transport, marks: Connection) -> tuple[int, bool]:
     return sent, False
 
 
-def _deliver(email: OutboxEmail, transport, marks: Connection, claim: Claim) -> bool:
+def _deliver(email: OutboxEmail, transport, claim: Claim) -> bool:
     """One claimed row: composed now, marked sent just before the server takes it."""
     outbox_id = email.id
     try:
@@ -222,16 +237,17 @@ def _deliver(email: OutboxEmail, transport, marks: Connection, claim: Claim) -> 
         nonlocal handed_over
         if time.monotonic() >= claim.deadline:
             raise LeaseRunningOut("the claim's lease is running out")
-        _mark_sent(marks, outbox_id, claim)
+        _mark_sent(outbox_id, claim)
         handed_over = True
 
     try:
         transport.deliver(message.sender, message.recipient, message.data, commit)
     except transports.DeliveryError as error:
         if handed_over:
-            with marks.begin():
-                marks.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id)
-                              .values(sent_at=None, lease_until=claim.lease_until))
+            db.session.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id)
+                               .values(sent_at=None, lease_until=claim.lease_until)
+                               .execution_options(synchronize_session=False))
+            db.session.commit()
         email = db.session.get(OutboxEmail, outbox_id) or email
         return _give_up(email, str(error)) if error.permanent else _retry_later(email, str(error))
     except (OSError, smtplib.SMTPException):
@@ -241,16 +257,14 @@ def _deliver(email: OutboxEmail, transport, marks: Connection, claim: Claim) -> 
     return True
 
 
-def _mark_sent(marks: Connection, outbox_id: int, claim: Claim) -> None:
-    """Sent, if the row is still this claim's; LeaseRunningOut when it is not (the mail is then abandoned).
-    Committed on a connection of its own, held for the drain: a session commit would expire every row and
-    reader the batch loaded, and a pooled connection is pinged at each checkout (measured: a drain of 1,000
-    spent three quarters of its time in those)."""
-    with marks.begin():
-        marked = marks.execute(
-            update(OutboxEmail).where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None),
-                                      OutboxEmail.lease_until == claim.lease_until)
-            .values(sent_at=utcnow(), lease_until=None, error=None)).rowcount
+def _mark_sent(outbox_id: int, claim: Claim) -> None:
+    """Sent, if the row is still this claim's; LeaseRunningOut when it is not (the mail is then abandoned)."""
+    marked = cast(CursorResult, db.session.execute(
+        update(OutboxEmail).where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None),
+                                  OutboxEmail.lease_until == claim.lease_until)
+        .values(sent_at=utcnow(), lease_until=None, error=None).execution_options(synchronize_session=False)
+    )).rowcount
+    db.session.commit()
     if marked != 1:
         raise LeaseRunningOut(f"outbox email {outbox_id}: the claim was lost")
 
