@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from celery.signals import before_task_publish
 from sqlalchemy import select, text
+from sqlalchemy.exc import OperationalError
 
 from service import create_app
 from service.extensions import db
@@ -71,7 +72,15 @@ class Backend:
     def clean(self) -> None:
         tables = [table.name for table in reversed(db.metadata.sorted_tables)]
         if self.name == "postgresql":
-            db.session.execute(text(f"TRUNCATE TABLE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+            for attempt in range(5):
+                try:
+                    db.session.execute(text(f"TRUNCATE TABLE {', '.join(tables)} RESTART IDENTITY CASCADE"))
+                    break
+                except OperationalError as error:  # the session's worker, still sending, read one table first
+                    db.session.rollback()
+                    if "deadlock" not in str(error) or attempt == 4:
+                        raise
+                    time.sleep(0.2)
         else:
             for table in tables:
                 db.session.execute(text(f"DELETE FROM {table}"))
