@@ -11,7 +11,8 @@ A burst (a shared post's signups) is sent by `drain`: each task claims every due
 DRAIN_BATCH (one UPDATE each) and sends them on one transport, so the rows queued after it find their mail
 gone already. Each row is marked sent in the database just before the mail server takes the message (the
 final "." of its DATA), so a worker killed mid-drain leaves rows either sent (the server took them) or
-claimed and unsent, sent again when their lease runs out: each mail once.
+claimed and unsent, sent again when their lease runs out: never a mail twice (one killed between that
+commit and the "." loses the mail it was handing over).
 """
 from __future__ import annotations
 
