@@ -5,6 +5,8 @@ real SMTP into Postfix's smtp-sink, against smtp-source on the same sink as the 
 Web: gunicorn (bench/gunicorn.conf.py) under wrk with 16 connections, against a trivial Flask route.
 Studio: the dashboard, a subscriber search, a deep list page and a subscriber's page as a signed-in
 publisher sees them, with 1,000,000 subscribers (their events) and 100 digest runs seeded.
+Bursts: 1,000 signups (QUICK: 300) from 16 connections to gunicorn (2 workers) with a Celery worker (2
+processes), on the embedded default and on PostgreSQL + Redis; each confirmation timed at an SMTP sink.
 """
 from __future__ import annotations
 
@@ -292,10 +294,10 @@ def _ms(value: str) -> float:
 
 
 @contextmanager
-def gunicorn(app_spec: str, env: dict, cwd: Path):
+def gunicorn(app_spec: str, env: dict, cwd: Path, log=None):
     port = free_port()
     command = [str(VENV_BIN / "gunicorn"), "-c", str(HERE / "gunicorn.conf.py"), "-b", f"127.0.0.1:{port}", app_spec]
-    with process(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL):
+    with process(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log):
         wait_port(port)
         time.sleep(1)
         yield f"http://127.0.0.1:{port}"
@@ -394,7 +396,156 @@ def staff_cookie() -> str:
                   "    print(staff.start_session(person, '127.0.0.1', 'wrk'))")
 
 
+# ---------------------------------------------------------------- bursts
+class TimedSink:
+    """An SMTP server in this process (aiosmtpd) that notes when each message arrived, and for whom."""
+
+    def __init__(self):
+        from aiosmtpd.controller import Controller
+
+        self.port = free_port()
+        self.arrivals: list[tuple[str, float]] = []
+        self.lock = threading.Lock()
+        sink = self
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope):
+                now = time.time()
+                with sink.lock:
+                    sink.arrivals.extend((recipient, now) for recipient in envelope.rcpt_tos)
+                return "250 OK"
+
+        self.controller = Controller(Handler(), hostname="127.0.0.1", port=self.port)
+
+    def __enter__(self) -> "TimedSink":
+        self.controller.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.controller.stop()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.arrivals.clear()
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.arrivals)
+
+
+def burst_env(backend: str, smtp_port: int) -> dict[str, str]:
+    """The embedded default (SQLite database and broker, no Redis) or PostgreSQL + Redis, as the app sees them."""
+    if backend == "redis":
+        return app_env(smtp_port)
+    instance = CACHE / "burst-embedded"
+    shutil.rmtree(instance, ignore_errors=True)
+    instance.mkdir(parents=True)
+    env = app_env(smtp_port, KEEPREADING_INSTANCE_PATH=str(instance),
+                  KEEPREADING_DATABASE_URL=f"sqlite:///{instance / 'keepreading.sqlite'}",
+                  KEEPREADING_BROKER_URL=f"sqla+sqlite:///{instance / 'broker.sqlite'}")
+    del env["KEEPREADING_REDIS_URL"]
+    return env
+
+
+def signups(url: str, count: int, connections: int, prefix: str) -> dict[str, float]:
+    """POST /subscribe `count` times from `connections` threads (keep-alive); each accepted address -> when."""
+    import requests
+
+    accepted: dict[str, float] = {}
+    refused: list[int] = []
+    numbers = iter(range(count))
+    lock = threading.Lock()
+
+    def client() -> None:
+        with requests.Session() as session:
+            while True:
+                with lock:
+                    n = next(numbers, None)
+                if n is None:
+                    return
+                address = f"{prefix}{n}@example.org"
+                answer = session.post(url + "/subscribe", data={"email": address, "next": "/"}, allow_redirects=False)
+                with lock:
+                    if answer.status_code < 400:
+                        accepted[address] = time.time()
+                    else:
+                        refused.append(answer.status_code)
+
+    threads = [threading.Thread(target=client) for _ in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if refused:
+        say(f"{len(refused)} signups refused: {sorted(set(refused))}")
+    return accepted
+
+
+def burst_run(backend: str, count: int, **extra: str) -> dict:
+    """gunicorn (2 workers) and a Celery worker (2 processes) on `backend`; `count` signups at 16 connections;
+    every confirmation timed from its signup's answer to its arrival at the SMTP sink."""
+    with TimedSink() as sink:
+        env = {**burst_env(backend, sink.port), **extra}
+        if backend == "redis":
+            reset_database()
+        else:
+            keepreading("db", "upgrade", env=env)
+        worker_cmd = [str(VENV_BIN / "celery"), "-A", "worker", "worker", "--concurrency", "2", "--loglevel", "WARNING",
+                      "--without-gossip", "--without-mingle", "--without-heartbeat", "-Q", "bench"]
+        log = open(CACHE / f"burst-{backend}.log", "w")  # the worker's and gunicorn's
+        with process(worker_cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), \
+                gunicorn("wsgi:app", {**env, "GUNICORN_WORKERS": "2"}, ROOT, log=log) as url:
+            signups(url, 1, 1, "warm")  # the worker is up and the pipeline warm once this one mail arrives
+            deadline = time.monotonic() + 60
+            while sink.count() < 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(1)
+            sink.clear()
+            started = time.time()
+            accepted = signups(url, count, 16, f"burst-{backend}-{int(started)}-")
+            answered = time.time() - started
+            deadline = time.monotonic() + 120
+            while sink.count() < len(accepted) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(2)  # anything sent twice arrives by now
+        log.close()
+        arrivals = list(sink.arrivals)
+    first: dict[str, float] = {}
+    for recipient, moment in arrivals:
+        first[recipient] = min(moment, first.get(recipient, moment))
+    latencies = sorted(first[address] - accepted[address] for address in accepted if address in first)
+    last = max(first.values()) - started if first else float("nan")
+    return {
+        "signups": count, "accepted": len(accepted), "answered": answered, "mails": len(arrivals),
+        "lost": sum(address not in first for address in accepted),
+        "duplicated": len(arrivals) - len(first), "last": last,
+        "rate": len(first) / last if first else 0.0,
+        "p50": _percentile(latencies, 0.50), "p99": _percentile(latencies, 0.99),
+    }
+
+
+def _percentile(values: list[float], share: float) -> float:
+    return values[min(len(values) - 1, int(share * len(values)))] if values else float("nan")
+
+
 # ---------------------------------------------------------------- scenarios
+def bench_bursts(quick: bool) -> None:
+    count = 300 if quick else 1_000
+    for backend, name, extra in (
+        ("embedded", "embedded default (SQLite, database broker)", {}),
+        # kombu's own polling interval: what the drain alone gives the embedded default
+        ("embedded", "embedded, broker polled every 1 s", {"KEEPREADING_BROKER_POLLING_INTERVAL": "1"}),
+        ("redis", "PostgreSQL + Redis", {}),
+    ):
+        say(f"bursts: {count:,} signups at 16 connections, {name}")
+        result = burst_run(backend, count, **extra)
+        rows.append((f"burst of {count:,} signups, {name}",
+                     f"{result['accepted']:,} accepted in {result['answered']:.1f} s; {result['mails']:,} mails at the sink, "
+                     f"{result['lost']} lost, {result['duplicated']} duplicated",
+                     f"drain {result['rate']:,.0f} mails/s; signup→mail p50 {result['p50']:.2f} s, "
+                     f"p99 {result['p99']:.2f} s; last mail {result['last']:.1f} s after the start; target ≤ 15 s"))
+
+
 def bench_digests(quick: bool) -> None:
     small, large = (1_000, 10_000) if quick else (10_000, 100_000)
     with smtp_sink() as port:
@@ -480,7 +631,7 @@ def print_table() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="10,000 subscribers (studio: 20,000), short web runs")
-    parser.add_argument("--only", choices=["digests", "web", "studio"], help="run one part")
+    parser.add_argument("--only", choices=["digests", "web", "studio", "bursts"], help="run one part")
     parser.add_argument("--profile", action="store_true",
                         help="sample the Celery worker with py-spy during each digest run (pip install py-spy)")
     options = parser.parse_args()
@@ -497,6 +648,8 @@ def main() -> None:
         bench_web(options.quick)
     if options.only in (None, "studio"):
         bench_studio(options.quick)
+    if options.only in (None, "bursts"):
+        bench_bursts(options.quick)
     print_table()
 
 

@@ -107,6 +107,8 @@ def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str
         "SQLALCHEMY_DATABASE_URI": _env("DATABASE_URL", f"sqlite:///{instance / 'keepreading.sqlite'}"),
         "BROKER_URL": _env("BROKER_URL", f"sqla+sqlite:///{instance / 'broker.sqlite'}"),
         "CELERY_QUEUE": _env("CELERY_QUEUE", "celery"),
+        # The embedded broker (SQLite) is polled: a worker takes its next task this long after the last.
+        "BROKER_POLLING_INTERVAL": float(_env("BROKER_POLLING_INTERVAL", "0.1")),
         "REDIS_URL": _env("REDIS_URL"),
         "SMTP_URL": _env("SMTP_URL"),
         "MAIL_FROM": _env("MAIL_FROM"),
@@ -139,6 +141,8 @@ def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str
         "DIGEST_HTML_LIMIT": int(_env("DIGEST_HTML_LIMIT", "100000")),
         # A claimed delivery belongs to its worker this long; after it, the dispatcher hands it to another.
         "DELIVERY_LEASE": float(_env("DELIVERY_LEASE", "300")),
+        # Transactional emails (confirm, sign-in, welcome) claimed by a worker are its own this long.
+        "OUTBOX_LEASE": float(_env("OUTBOX_LEASE", "300")),
         "DIGEST_MAX_ATTEMPTS": int(_env("DIGEST_MAX_ATTEMPTS", "6")),
         # Retries wait DIGEST_RETRY_DELAY * 2**n seconds (with jitter), at most DIGEST_RETRY_MAX_DELAY,
         # which stays below the Redis visibility_timeout (extensions.celery_settings).

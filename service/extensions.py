@@ -5,7 +5,7 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from celery import Celery, Task
+from celery import Celery, Task, bootsteps
 from flask import Flask
 from flask_limiter import Limiter
 from flask_limiter.util import get_remote_address
@@ -54,9 +54,26 @@ def celery_init_app(app: Flask) -> Celery:
 
     celery: Celery = Celery(app.name, task_cls=FlaskTask)
     celery.config_from_object(celery_settings(app.config))
+    if app.config["BROKER_URL"].startswith("sqla+"):
+        celery.steps["consumer"].add(_polling_step(float(app.config.get("BROKER_POLLING_INTERVAL") or 0.1)))
     celery.set_default()
     app.extensions["celery"] = celery
     return celery
+
+
+def _polling_step(interval: float) -> type:
+    """The embedded broker (kombu's database transport) is polled: a worker whose prefetch is full or whose
+    queue is empty sleeps `polling_interval` (kombu's default: 1 s) before it looks again, so it took about one
+    task a second. kombu hands every transport option to create_engine, which refuses `polling_interval`, so
+    the interval is set on the worker's own connection once it is made (and made again)."""
+
+    class BrokerPolling(bootsteps.StartStopStep):
+        requires = ("celery.worker.consumer.connection:Connection",)
+
+        def start(self, consumer) -> None:
+            consumer.connection.transport.polling_interval = interval
+
+    return BrokerPolling
 
 
 def celery_settings(config) -> dict:

@@ -7,6 +7,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from flask import current_app, g, has_request_context
 from sqlalchemy import update as sql_update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from ..errors import ValidationError
 from ..extensions import db
@@ -40,20 +41,33 @@ PROBLEMS = {
 }  # also taken as JSON lists, kept as comma-separated text
 
 
+DEFAULTS = dict(default_frequency="weekly", send_hour=8, send_weekday=0, timezone="UTC", teaser_words=120,
+                blocked_domains="", default_visibility="subscribers", popup_scroll_percent=50,
+                popup_delay_seconds=45, popup_snooze_days=7, free_articles=3, digest_content="full")
+# the row `db upgrade` inserts (migration 9c2f4b7e1d35) and the one `settings()` inserts when a schema made
+# by create_all (the tests) has none
+
+
 def settings() -> PublicationSettings:
     if has_request_context() and "publication" in g:
         return g.publication
     row = db.session.get(PublicationSettings, 1)
     if row is None:
-        row = PublicationSettings(id=1, default_frequency="weekly", send_hour=8, send_weekday=0,
-                                  timezone="UTC", teaser_words=120, blocked_domains="", default_visibility="subscribers",
-                                  popup_scroll_percent=50, popup_delay_seconds=45, popup_snooze_days=7,
-                                  free_articles=3, digest_content="full")
-        db.session.add(row)
-        db.session.commit()
+        ensure_row()
+        row = db.session.get(PublicationSettings, 1)
+        assert row is not None
     if has_request_context():
         g.publication = row
     return row
+
+
+def ensure_row() -> None:
+    """Insert the settings row unless it is there: idempotent, so the first concurrent requests on an empty
+    database (the migration inserts it; a schema made otherwise may lack it) do not race to a UNIQUE error."""
+    dialect = postgresql if db.session.get_bind().dialect.name == "postgresql" else sqlite
+    db.session.execute(dialect.insert(PublicationSettings).values(id=1, **DEFAULTS)
+                       .on_conflict_do_nothing(index_elements=["id"]))
+    db.session.commit()
 
 
 def lock() -> None:
