@@ -47,6 +47,14 @@ def dispatch_digests() -> dict:
     return runs.dispatch()
 
 
+@shared_task(name="service.tasks.recover_digests")
+def recover_digests() -> dict:
+    """Beat, every RECOVERY_CHECK_SECONDS: hand the claims of a dead worker to another, close settled runs."""
+    from .digests import runs
+
+    return runs.recover_and_finish()
+
+
 @shared_task(name="service.tasks.publish_scheduled_posts")
 def publish_scheduled_posts() -> list[str]:
     """Beat: publish the posts whose scheduled time has come (their digest follows the usual cadence)."""

@@ -67,7 +67,13 @@ def dispatch(now: datetime | None = None) -> dict:
     created = schedule(now)
     for digest_id in created:
         enqueue(digest_id)
-    return {"created": created, "requeued": recover(now), "finished": finish(now)}
+    return {"created": created, **recover_and_finish(now)}
+
+
+def recover_and_finish(now: datetime | None = None) -> dict:
+    """The recovery beat's work (every RECOVERY_CHECK_SECONDS): a dead worker's claims go to another, settled runs close."""
+    now = now or utcnow()
+    return {"requeued": recover(now), "finished": finish(now)}
 
 
 def send_now(frequency: str | None = None, now: datetime | None = None) -> Digest:
@@ -122,7 +128,7 @@ def _add_deliveries(digest: Digest, now: datetime) -> int:
     if latest is None:
         return 0
     due, size = _due(digest.frequency, latest), current_app.config["DIGEST_BATCH_SIZE"]
-    promised = literal(now + _lease(), UTCDateTime)  # a queued task owns the pending rows until then
+    promised = literal(now + promise(), UTCDateTime)  # a queued task owns the pending rows until then
     last = 0
     while True:
         upper = db.session.scalar(select(Subscriber.id).where(*due, Subscriber.id > last)
@@ -142,6 +148,14 @@ def _add_deliveries(digest: Digest, now: datetime) -> int:
 
 def _lease() -> timedelta:
     return timedelta(seconds=current_app.config["DELIVERY_LEASE"])
+
+
+def promise() -> timedelta:
+    """How long queued (pending, unclaimed) rows wait for their task before the dispatcher queues them again:
+    ten leases, at least five minutes. Longer than a claim's lease, since a queued task is lost only with the
+    broker's queue, while a big run's later batches may wait that long for a free worker (a shorter promise
+    would queue them again and again)."""
+    return max(10 * _lease(), timedelta(minutes=5))
 
 
 # --- handing ranges to workers ---
@@ -193,27 +207,32 @@ def _recover_run(digest: Digest, now: datetime) -> int:
                  or_(Delivery.lease_until.is_(None), Delivery.lease_until < now))
     journal, size, count = send_journal.for_run(digest), current_app.config["DIGEST_BATCH_SIZE"], 0
     max_attempts = current_app.config["DIGEST_MAX_ATTEMPTS"]
+    last = 0
     while True:
-        rows = db.session.execute(select(Delivery.id, Delivery.status).where(stale)
+        rows = db.session.execute(select(Delivery.id, Delivery.status).where(stale, Delivery.id > last)
                                   .order_by(Delivery.id).limit(size)).all()
         if not rows:
             return count
+        last = rows[-1].id
         handed_over = journal.recorded([row.id for row in rows if row.status == "sending"])
         ids = [row.id for row in rows if row.id not in handed_over]
-        _mark(handed_over, status="sent", sent_at=now, lease_until=None, error="sent; its worker stopped before recording it")
-        _mark(ids, status=case((Delivery.attempts >= max_attempts, "failed"), else_="pending"),
-              lease_until=now + _lease(), error=case((Delivery.attempts >= max_attempts, "gave up: attempts exhausted"),
-                                                     else_=Delivery.error))
+        # the UPDATEs test staleness again: a live batch may have renewed its claim since the SELECT
+        _mark(stale, handed_over, status="sent", sent_at=now, lease_until=None,
+              error="sent; its worker stopped before recording it")
+        again = _mark(stale, ids, status=case((Delivery.attempts >= max_attempts, "failed"), else_="pending"),
+                      lease_until=now + promise(),
+                      error=case((Delivery.attempts >= max_attempts, "gave up: attempts exhausted"), else_=Delivery.error))
         db.session.commit()
-        if ids:
-            queue_batch(digest.id, ids[0], ids[-1])
-        count += len(ids)
+        if again:
+            queue_batch(digest.id, min(again), max(again))
+        count += len(again)
 
 
-def _mark(ids, **values) -> None:
-    if ids:
-        db.session.execute(update(Delivery).where(Delivery.id.in_(list(ids)))
-                           .values(**values).execution_options(synchronize_session=False))
+def _mark(stale, ids, **values) -> list[int]:
+    if not ids:
+        return []
+    return list(db.session.scalars(update(Delivery).where(stale, Delivery.id.in_(list(ids))).values(**values)
+                                   .returning(Delivery.id).execution_options(synchronize_session=False)))
 
 
 def finish(now: datetime) -> list[int]:
