@@ -55,6 +55,14 @@ def recover_digests() -> dict:
     return runs.recover_and_finish()
 
 
+@shared_task(name="service.tasks.prune_deliveries")
+def prune_deliveries() -> int:
+    """Beat, hourly: delete per-recipient delivery rows past DELIVERY_RETENTION_DAYS (runs keep their counts)."""
+    from .digests import runs
+
+    return runs.prune()
+
+
 @shared_task(name="service.tasks.publish_scheduled_posts")
 def publish_scheduled_posts() -> list[str]:
     """Beat: publish the posts whose scheduled time has come (their digest follows the usual cadence)."""

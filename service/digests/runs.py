@@ -14,7 +14,7 @@ from typing import cast
 from zoneinfo import ZoneInfo
 
 from flask import current_app
-from sqlalchemy import CursorResult, and_, case, exists, func, insert, literal, or_, select, update
+from sqlalchemy import CursorResult, and_, case, delete, exists, func, insert, literal, or_, select, update
 
 from ..errors import NotFound, ValidationError
 from ..extensions import db
@@ -281,6 +281,10 @@ def get(digest_id: int) -> Digest:
 
 def counts(digest_ids: list[int]) -> dict[int, dict[str, int]]:
     found = {digest_id: dict.fromkeys(COUNTED, 0) for digest_id in digest_ids}
+    kept = db.session.execute(select(Digest.id, Digest.kept_counts)
+                              .where(Digest.id.in_(digest_ids), Digest.kept_counts.is_not(None))).all()
+    for digest_id, tally in kept:  # pruned runs: their rows are gone, their counts kept
+        found[digest_id].update({status: tally.get(status, 0) for status in COUNTED})
     rows = db.session.execute(select(Delivery.digest_id, Delivery.status, func.count())
                               .where(Delivery.digest_id.in_(digest_ids)).group_by(Delivery.digest_id, Delivery.status))
     for digest_id, status, number in rows:
@@ -321,8 +325,46 @@ def history(limit: int = 50) -> list[dict]:
 
 
 def _bounces(digest_ids: list[int]) -> dict[int, int]:
-    """Failed deliveries whose address is now marked bounced (a 5xx answer): per run."""
+    """Failed deliveries whose address is now marked bounced (a 5xx answer): per run (as at pruning for pruned runs)."""
+    kept = db.session.execute(select(Digest.id, Digest.kept_counts)
+                              .where(Digest.id.in_(digest_ids), Digest.kept_counts.is_not(None))).all()
+    return _live_bounces(digest_ids) | {digest_id: tally.get("bounced", 0) for digest_id, tally in kept}
+
+
+def _live_bounces(digest_ids: list[int]) -> dict[int, int]:
     rows = db.session.execute(select(Delivery.digest_id, func.count()).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
                               .where(Delivery.digest_id.in_(digest_ids), Delivery.status == "failed",
                                      Subscriber.status == "bounced").group_by(Delivery.digest_id))
     return dict(rows.all())
+
+
+# --- retention ---
+
+def prune(now: datetime | None = None, batch: int = 5000, budget: int = 200_000) -> int:
+    """Delete the per-recipient rows of runs finished more than DELIVERY_RETENTION_DAYS ago, `batch` rows a
+    transaction (short locks: sends go on), at most `budget` rows a call (the beat comes back for the rest).
+    Each run first keeps its counts (kept_counts), so its summary reads the same afterwards. Deleted rows."""
+    days = current_app.config["DELIVERY_RETENTION_DAYS"]
+    if days <= 0:
+        return 0
+    before = (now or utcnow()) - timedelta(days=days)
+    old = db.session.scalars(select(Digest).where(Digest.finished_at.is_not(None), Digest.finished_at < before)
+                             .where(exists().where(Delivery.digest_id == Digest.id)).order_by(Digest.id)).all()
+    deleted = 0
+    for digest in old:
+        if digest.kept_counts is None:
+            tally = counts([digest.id])[digest.id]
+            digest.kept_counts = {**tally, "bounced": _live_bounces([digest.id]).get(digest.id, 0)}
+            db.session.commit()
+        while deleted < budget:
+            chunk = select(Delivery.id).where(Delivery.digest_id == digest.id).order_by(Delivery.id).limit(batch)
+            gone = cast(CursorResult, db.session.execute(
+                delete(Delivery).where(Delivery.id.in_(chunk.scalar_subquery()))
+                .execution_options(synchronize_session=False))).rowcount
+            db.session.commit()
+            deleted += gone
+            if gone < batch:
+                break
+        if deleted >= budget:
+            break
+    return deleted
