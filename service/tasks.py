@@ -75,9 +75,14 @@ def publish_scheduled_posts() -> list[str]:
              acks_late=True, reject_on_worker_lost=True)
 def send_digest_batch(self, digest_id: int, first_id: int, last_id: int) -> None:
     """Send one id range of a digest run; retried with backoff while recipients were refused for now."""
+    from sqlalchemy.exc import OperationalError
+
     from .digests import sending
 
-    delay = sending.send_batch(digest_id, first_id, last_id, attempt=self.request.retries)
+    try:
+        delay = sending.send_batch(digest_id, first_id, last_id, attempt=self.request.retries)
+    except OperationalError as trouble:  # the database away (a restart, a full disk): its rows wait for this retry
+        raise self.retry(countdown=5, exc=trouble) from None
     if delay is not None:
         raise self.retry(countdown=delay)
 

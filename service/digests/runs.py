@@ -152,10 +152,10 @@ def _lease() -> timedelta:
 
 def promise() -> timedelta:
     """How long queued (pending, unclaimed) rows wait for their task before the dispatcher queues them again:
-    ten leases, at least five minutes. Longer than a claim's lease, since a queued task is lost only with the
-    broker's queue, while a big run's later batches may wait that long for a free worker (a shorter promise
-    would queue them again and again)."""
-    return max(10 * _lease(), timedelta(minutes=5))
+    four leases, at least two minutes. Longer than a claim's lease, since a queued task is lost only with the
+    broker's queue (a broker restarted without persistence), while a big run's later batches may wait for a
+    free worker: each promise that runs out queues a duplicate task, which finds nothing left to claim."""
+    return max(4 * _lease(), timedelta(minutes=2))
 
 
 # --- handing ranges to workers ---
