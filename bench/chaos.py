@@ -464,6 +464,8 @@ def main(argv: list[str] | None = None) -> list[Result]:
     parser.add_argument("--only", default="", help="comma-separated fault numbers (1-7)")
     parser.add_argument("--refuse-seconds", type=float, default=120, help="how long the server answers 421 (fault 6)")
     args = parser.parse_args(argv)
+    if threading.current_thread() is threading.main_thread():  # SIGTERM: stop the private servers and workers too
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     chosen = {int(number) for number in args.only.split(",") if number} or set(range(1, 8))
     sys.path.insert(0, str(ROOT))
     folder = Path(tempfile.mkdtemp(prefix="kr-chaos-"))

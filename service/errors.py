@@ -1,14 +1,20 @@
 """Domain errors, and the one handler that maps them to HTTP as HTML or JSON."""
 from __future__ import annotations
 
+import contextlib
+import html
+import logging
 import math
 import time
 from datetime import datetime, timedelta, timezone
 
+import sqlalchemy.exc
 from flask import Flask, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, TooManyRequests
 
-from .extensions import limiter
+from .extensions import db, limiter
+
+log = logging.getLogger(__name__)
 
 
 class DomainError(Exception):
@@ -126,6 +132,28 @@ def register(app: Flask) -> None:
             response = app.make_response(render_template("try_later.html", message=message))
         response.status_code = 429
         response.headers["Retry-After"] = str(seconds)
+        return response
+
+    @app.errorhandler(sqlalchemy.exc.OperationalError)
+    @app.errorhandler(sqlalchemy.exc.TimeoutError)
+    def database_away(error: Exception):
+        """The database cannot be reached (a restart, a failover): 503 with Retry-After, and nothing half
+        written (the request's transaction is rolled back). The page needs no database: no templates' context."""
+        log.warning("database unavailable: %s", str(error).splitlines()[0][:300])
+        with contextlib.suppress(Exception):
+            db.session.rollback()
+        message = "We could not reach our database for a moment. Nothing was saved: please try again in a minute."
+        if wants_json():
+            response = jsonify(error="unavailable", message=message, retry_after=30)
+        else:
+            name = html.escape(app.config.get("PUBLICATION_NAME") or "")
+            response = app.make_response(
+                f'<!doctype html><html lang="en"><meta charset="utf-8"><meta name="robots" content="noindex">'
+                f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>Please try again · {name}</title>'
+                f'<main><h1>Please try again in a minute</h1><p role="status">{html.escape(message)}</p></main></html>')
+        response.status_code = 503
+        response.headers["Retry-After"] = "30"
+        response.headers["Cache-Control"] = "no-store"
         return response
 
     @app.errorhandler(HTTPException)

@@ -14,6 +14,7 @@ from typing import cast
 from zoneinfo import ZoneInfo
 
 from flask import current_app
+from kombu.exceptions import ChannelError
 from sqlalchemy import CursorResult, and_, case, delete, exists, func, insert, literal, or_, select, update
 
 from ..errors import NotFound, ValidationError
@@ -197,14 +198,37 @@ def recover(now: datetime, digest_id: int | None = None) -> int:
     if digest_id is not None:
         runs = runs.where(Digest.id == digest_id)
     count = 0
-    for digest in db.session.scalars(runs).all():  # unfinished runs: a handful
-        count += _recover_run(digest, now)
+    unfinished = db.session.scalars(runs).all()  # a handful
+    orphans_possible = bool(unfinished) and _queue_empty()
+    for digest in unfinished:
+        count += _recover_run(digest, now, orphans_possible)
     return count
 
 
-def _recover_run(digest: Digest, now: datetime) -> int:
-    stale = and_(Delivery.digest_id == digest.id, Delivery.status.in_(OPEN),
-                 or_(Delivery.lease_until.is_(None), Delivery.lease_until < now))
+def _queue_empty() -> bool:
+    """Whether the broker's queue holds no task. A broker restarted without persistence loses its queue: the
+    pending rows it held then have no task, and the recovery need not wait out their promise."""
+    celery = current_app.extensions["celery"]
+    try:
+        with celery.connection_for_read() as connection:
+            try:
+                _, waiting, _ = connection.default_channel.queue_declare(queue=celery.conf.task_default_queue,
+                                                                         passive=True)
+            except ChannelError:  # Redis forgets an empty list: no such queue is an empty one
+                return True
+    except Exception:  # the broker away: nothing to learn now
+        return False
+    return waiting == 0
+
+
+def _recover_run(digest: Digest, now: datetime, orphans_possible: bool = False) -> int:
+    stale_lease = or_(Delivery.lease_until.is_(None), Delivery.lease_until < now)
+    if orphans_possible:
+        # the queue is empty, yet these rows' task was due two leases ago: lost with the queue (or held by a busy
+        # worker, whose copy then finds nothing left to claim)
+        overdue = and_(Delivery.status == "pending", Delivery.lease_until < now + promise() - 2 * _lease())
+        stale_lease = or_(stale_lease, overdue)
+    stale = and_(Delivery.digest_id == digest.id, Delivery.status.in_(OPEN), stale_lease)
     journal, size, count = send_journal.for_run(digest), current_app.config["DIGEST_BATCH_SIZE"], 0
     max_attempts = current_app.config["DIGEST_MAX_ATTEMPTS"]
     last = 0
