@@ -148,13 +148,12 @@ class Sink:
 class PrivatePostgres:
     def __init__(self, folder: Path):
         assert PG_BIN is not None, "PostgreSQL's binaries are not in /usr/lib/postgresql"
-        self.folder = folder / "pg"
+        # a folder of its own under the system's temporary folder: the postgres user must reach it
+        self.folder = Path(tempfile.mkdtemp(prefix="kr-private-pg-"))
         self.port = free_port()
-        self.folder.mkdir()
         self._as_postgres = os.geteuid() == 0
         if self._as_postgres:
             shutil.chown(self.folder, "postgres", "postgres")
-            os.chmod(folder, 0o755)
         self._run([str(PG_BIN / "initdb"), "-D", str(self.folder / "data"), "-U", "postgres", "--auth=trust",
                    "--no-sync", "-E", "UTF8"])
 
@@ -177,6 +176,7 @@ class PrivatePostgres:
     def stop(self) -> None:
         with suppress(subprocess.CalledProcessError):
             self._ctl("-m", "immediate", "stop")
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def create_database(self, name: str) -> str:
         import psycopg

@@ -12,12 +12,18 @@ def ping(value: str) -> str:
     return health.record_ping(value)
 
 
-@shared_task(name="service.tasks.send_outbox_email")
-def send_outbox_email(outbox_id: int) -> bool:
-    """Send one transactional email (confirm, sign-in, welcome) from the outbox table."""
+@shared_task(bind=True, name="service.tasks.send_outbox_email", max_retries=60)
+def send_outbox_email(self, outbox_id: int) -> bool:
+    """Send one transactional email (confirm, sign-in, welcome) from the outbox table; while the database is
+    away (a restart) try again every 5 s rather than leave the mail to the next flush."""
+    from sqlalchemy.exc import OperationalError
+
     from .mail import outbox
 
-    return outbox.send(outbox_id)
+    try:
+        return outbox.send(outbox_id)
+    except OperationalError as trouble:
+        raise self.retry(countdown=5, exc=trouble) from None
 
 
 @shared_task(name="service.tasks.answer_signin_request")
