@@ -8,6 +8,7 @@ dispatcher can settle the claims of a worker that died (see send_journal, digest
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import smtplib
@@ -257,7 +258,10 @@ def _send_one(transport, journal, from_address: str, message: bytes, row: Claime
             transport.deliver(from_address, reader.email, message, commit)
         finally:
             if handed_over:
-                journal.settle()
+                # the answer to the record: lost with a Redis that died meanwhile, which changes nothing while this
+                # batch lives to write its outcomes (the next record reconnects, or stops the batch)
+                with contextlib.suppress(send_journal.JournalError):
+                    journal.settle()
     except transports.DeliveryError as refusal:
         if handed_over:
             journal.retract(row.delivery_id)
