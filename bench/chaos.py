@@ -307,6 +307,9 @@ class Scenario:
         }
         self.processes: list[Process] = []
         self.app = None
+        self.restarts = 0
+        self.unsupervised: set[int] = set()  # processes a fault killed on purpose stay dead
+        self._supervising = threading.Event()
 
     def make_app(self):
         from service import create_app
@@ -347,6 +350,19 @@ class Scenario:
         self.workers = [worker(self.env, logs, f"chaos-{self.name}-{index}").start() for index in range(2)]
         self.beat = beat(self.env, logs, self.folder / f"{self.name}-beat-schedule").start()
         self.processes = [*self.workers, self.beat]
+        threading.Thread(target=self._supervise, daemon=True).start()
+
+    def _supervise(self) -> None:
+        """What the shipped systemd units do (Restart=on-failure): a worker or beat that exits
+        on its own is started again."""
+        while not self._supervising.wait(1):
+            for process in self.processes:
+                if (process.process is not None and process.process.poll() not in (None, 0)
+                        and id(process) not in self.unsupervised):
+                    time.sleep(1)
+                    if not self._supervising.is_set():
+                        process.start()
+                        self.restarts += 1
 
     def mails(self) -> Counter[str]:
         if self.sink is not None:
@@ -417,9 +433,12 @@ class Scenario:
         result.details.append(f"deliveries {states}")
         if note and not result.note:
             result.note = note
+        if self.restarts:
+            result.details.append(f"processes that exited on their own and were restarted (as systemd would): {self.restarts}")
         return result
 
     def stop(self) -> None:
+        self._supervising.set()
         for process in self.processes:
             process.stop()
         if self.app is not None:
@@ -434,6 +453,7 @@ class Scenario:
 # --- the seven faults ---
 
 def kill_a_worker(scenario: Scenario) -> str:
+    scenario.unsupervised.add(id(scenario.workers[0]))  # stays dead: the other worker takes over
     scenario.workers[0].kill()
     return "worker SIGKILLed"
 
