@@ -537,9 +537,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
             redis.stop()
         if postgres:
             postgres.stop()
+        if os.environ.get("KEEPREADING_CHAOS_KEEP") != "1":  # the workers' logs are there: KEEP=1 keeps them
+            shutil.rmtree(folder, ignore_errors=True)
     print_table(results)
-    if os.environ.get("KEEPREADING_CHAOS_KEEP") != "1":
-        shutil.rmtree(folder, ignore_errors=True)
     return results
 
 
