@@ -567,6 +567,78 @@ def bench_digests(quick: bool) -> None:
     rows.append((f"Redis memory growth during the {large:,} send", f"{second['redis_mb']:.2f} MB", "target ≤ 5 MB"))
 
 
+RETENTION_TIMING = """
+import time
+from datetime import timedelta
+from sqlalchemy import text
+from service.digests import runs
+from service.models import utcnow
+with app.app_context():
+    runs.recover_and_finish()  # warm
+    started = time.perf_counter()
+    for _ in range(20):
+        runs.recover_and_finish()
+    dispatch_ms = (time.perf_counter() - started) / 20 * 1000
+    open_id = db.session.scalar(text("SELECT id FROM digests WHERE slot = 'manual:bench-open'"))
+    started = time.perf_counter()
+    for _ in range(20):
+        runs.counts([open_id])
+    counts_ms = (time.perf_counter() - started) / 20 * 1000
+    print(f"{dispatch_ms:.2f} {counts_ms:.2f}")
+"""
+
+RETENTION_PRUNE = """
+import time
+from datetime import timedelta
+from service.digests import runs
+from service.models import utcnow
+with app.app_context():
+    started = time.perf_counter()
+    deleted = runs.prune(utcnow(), budget=%(budget)s)
+    print(f"{deleted} {time.perf_counter() - started:.2f}")
+"""
+
+
+def bench_retention(quick: bool) -> None:
+    """The recovery beat's queries (recover + finish) and a run's counts, with 0 and then N old delivery rows
+    present (runs finished a year ago); then prune's pace on them."""
+    import psycopg
+
+    readers, old_runs = (10_000, 100) if quick else (10_000, 3_000)
+    seed_subscribers(readers)
+    host = PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0]
+    with psycopg.connect(f"postgresql://{host}/{DATABASE}", autocommit=True) as connection:
+        connection.execute("INSERT INTO digests (slot, frequency, cutoff, created_at) "
+                           "VALUES ('manual:bench-open', NULL, now(), now())")
+        connection.execute("INSERT INTO deliveries (digest_id, subscriber_id, status, attempts, lease_until) "
+                           "SELECT d.id, s.id, 'sending', 1, now() + interval '1 day' FROM digests d, subscribers s "
+                           "WHERE d.slot = 'manual:bench-open'")
+        connection.execute("ANALYZE")
+    dispatch_empty, counts_empty = map(float, in_app(RETENTION_TIMING).split())
+    say(f"retention: seeding {old_runs * readers:,} old delivery rows")
+    started = time.perf_counter()
+    with psycopg.connect(f"postgresql://{host}/{DATABASE}", autocommit=True) as connection:
+        connection.execute("INSERT INTO digests (slot, frequency, cutoff, created_at, finished_at) "
+                           "SELECT 'weekly:old-' || n, 'weekly', now() - interval '400 days', "
+                           "now() - interval '400 days', now() - interval '400 days' FROM generate_series(1, %s) n",
+                           (old_runs,))
+        connection.execute("INSERT INTO deliveries (digest_id, subscriber_id, status, attempts, sent_at) "
+                           "SELECT d.id, s.id, 'sent', 1, d.created_at FROM digests d, subscribers s "
+                           "WHERE d.slot LIKE 'weekly:old-%%'")
+        connection.execute("ANALYZE")
+    seeded = time.perf_counter() - started
+    dispatch_full, counts_full = map(float, in_app(RETENTION_TIMING).split())
+    total = old_runs * readers
+    rows.append((f"recovery beat (recover + finish), 0 → {total:,} old delivery rows",
+                 f"{dispatch_empty:.2f} → {dispatch_full:.2f} ms", f"{dispatch_full / dispatch_empty:.2f}× (seeded in {seeded:.0f} s)"))
+    rows.append((f"a running run's counts, 0 → {total:,} old rows", f"{counts_empty:.2f} → {counts_full:.2f} ms",
+                 f"{counts_full / counts_empty:.2f}×"))
+    budget = min(total, 1_000_000)
+    deleted, elapsed = in_app(RETENTION_PRUNE % {"budget": budget}).split()
+    rows.append((f"prune {int(deleted):,} old rows (5,000 a transaction)", f"{int(deleted) / float(elapsed):,.0f} rows/s",
+                 f"{float(elapsed):.1f} s; runs keep their counts"))
+
+
 def bench_web(quick: bool) -> None:
     seconds = 5 if quick else 10
     with gunicorn("trivial:app", {**os.environ}, HERE) as url:
@@ -631,7 +703,7 @@ def print_table() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="10,000 subscribers (studio: 20,000), short web runs")
-    parser.add_argument("--only", choices=["digests", "web", "studio", "bursts"], help="run one part")
+    parser.add_argument("--only", choices=["digests", "web", "studio", "bursts", "retention"], help="run one part")
     parser.add_argument("--profile", action="store_true",
                         help="sample the Celery worker with py-spy during each digest run (pip install py-spy)")
     options = parser.parse_args()
@@ -650,6 +722,8 @@ def main() -> None:
         bench_studio(options.quick)
     if options.only in (None, "bursts"):
         bench_bursts(options.quick)
+    if options.only in (None, "retention"):
+        bench_retention(options.quick)
     print_table()
 
 

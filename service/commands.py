@@ -25,7 +25,8 @@ def every_command() -> list[click.Command]:
     secret and an instance folder), so a new command goes here, not only onto app.cli."""
     from flask_migrate.cli import db as migrations_group
 
-    return [posts_group, demo_command, digest_group, subscribers_group, staff_group, migrations_group]
+    return [posts_group, demo_command, digest_group, subscribers_group, staff_group, migrations_group,
+            backup_command, restore_command]
 
 
 @click.group("posts", cls=AppGroup, help="Publish and list posts.")
@@ -201,3 +202,60 @@ def ensure_first_staff():
     account, link = staff.ensure_first()
     action = "sign in" if account.password_hash else "choose a password"
     click.echo(f"\n  studio: {current_app.config['BASE_URL']}/studio/ as {account.email}; {action} at\n  {link}\n")
+
+
+@click.command("backup")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@with_appcontext
+def backup_command(path: Path):
+    """Copy the embedded database to PATH while the service runs (SQLite's online backup: one consistent
+    snapshot; writers carry on). On PostgreSQL use pg_dump (README: Backups)."""
+    import sqlite3
+
+    source = _sqlite_path()
+    if path.exists():
+        raise click.ClickException(f"{path} exists: choose a new file")
+    with sqlite3.connect(source, timeout=30) as live, sqlite3.connect(path) as copy:
+        live.backup(copy)  # every page in one step: the copy is the database as of one transaction
+    copy.close()
+    live.close()
+    path.chmod(0o600)  # it holds the secrets of the readers' links and the staff's password hashes
+    click.echo(f"backed up {source} to {path} ({path.stat().st_size} bytes)")
+
+
+@click.command("restore")
+@click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--yes", is_flag=True, help="do not ask before replacing the database")
+@with_appcontext
+def restore_command(path: Path, yes: bool):
+    """Replace the embedded database with the backup at PATH (stop the web server and workers first).
+    On PostgreSQL use pg_restore (README: Backups)."""
+    import sqlite3
+
+    target = _sqlite_path()
+    try:
+        with sqlite3.connect(path) as backup:
+            problem = backup.execute("PRAGMA integrity_check").fetchone()[0]
+            tables = {row[0] for row in backup.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        backup.close()
+    except sqlite3.DatabaseError as error:
+        raise click.ClickException(f"{path} is not a keepreading backup ({error})") from None
+    if problem != "ok" or not {"subscribers", "deliveries", "posts"} <= tables:
+        raise click.ClickException(f"{path} is not a keepreading backup ({problem if problem != 'ok' else 'tables missing'})")
+    if not yes:
+        click.confirm(f"replace {target} with {path}?", abort=True)
+    db.session.remove()
+    db.engine.dispose()
+    with sqlite3.connect(path) as backup, sqlite3.connect(target, timeout=30) as live:
+        backup.backup(live)
+    backup.close()
+    live.close()
+    click.echo(f"restored {target} from {path}")
+
+
+def _sqlite_path() -> str:
+    url = db.engine.url
+    if url.get_backend_name() != "sqlite" or not url.database:
+        raise click.ClickException("backup and restore copy the embedded SQLite database; "
+                                   "on PostgreSQL use pg_dump and pg_restore (README: Backups)")
+    return url.database

@@ -139,8 +139,14 @@ def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str
         # A digest's HTML stays under this many bytes: Gmail clips a message's HTML past about 102 KB, so past the
         # limit the rest of a post becomes "Continue reading" with its signed link.
         "DIGEST_HTML_LIMIT": int(_env("DIGEST_HTML_LIMIT", "100000")),
-        # A claimed delivery belongs to its worker this long; after it, the dispatcher hands it to another.
-        "DELIVERY_LEASE": float(_env("DELIVERY_LEASE", "300")),
+        # A claimed delivery belongs to its worker this long; a live batch renews it (a heartbeat every third of
+        # it), so after a worker dies the recovery beat (every RECOVERY_CHECK_SECONDS) hands its rows to another.
+        "DELIVERY_LEASE": float(_env("DELIVERY_LEASE", "30")),
+        "RECOVERY_CHECK_SECONDS": float(_env("RECOVERY_CHECK_SECONDS", "15")),
+        # Seconds an SMTP connect, write or read may block before the send counts as failed (socket timeout).
+        "SMTP_TIMEOUT": float(_env("SMTP_TIMEOUT", "10")),
+        # Per-recipient delivery rows older than this many days are pruned (the runs keep their counts); 0: never.
+        "DELIVERY_RETENTION_DAYS": int(_env("DELIVERY_RETENTION_DAYS", "90")),
         # Transactional emails (confirm, sign-in, welcome) claimed by a worker are its own this long.
         "OUTBOX_LEASE": float(_env("OUTBOX_LEASE", "300")),
         "DIGEST_MAX_ATTEMPTS": int(_env("DIGEST_MAX_ATTEMPTS", "6")),

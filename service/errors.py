@@ -1,14 +1,21 @@
 """Domain errors, and the one handler that maps them to HTTP as HTML or JSON."""
 from __future__ import annotations
 
+import contextlib
+import functools
+import html
+import logging
 import math
 import time
 from datetime import datetime, timedelta, timezone
 
-from flask import Flask, g, jsonify, render_template, request
+import sqlalchemy.exc
+from flask import Flask, current_app, g, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, TooManyRequests
 
-from .extensions import limiter
+from .extensions import db, limiter
+
+log = logging.getLogger(__name__)
 
 
 class DomainError(Exception):
@@ -101,8 +108,58 @@ def show_form_errors_on(template: str, **context) -> None:
     g.form_page = (template, context)
 
 
+DATABASE_AWAY = (sqlalchemy.exc.OperationalError, sqlalchemy.exc.TimeoutError)
+
+
+def database_away(error: Exception):
+    """The database cannot be reached (a restart, a failover): 503 with Retry-After, and nothing half
+    written (the request's transaction is rolled back). The page needs no database: no templates' context."""
+    log.warning("database unavailable: %s", str(error).splitlines()[0][:300] if str(error) else type(error).__name__)
+    with contextlib.suppress(Exception):
+        db.session.rollback()
+    message = "We could not reach our database for a moment. Nothing was saved: please try again in a minute."
+    if wants_json():
+        response = jsonify(error="unavailable", message=message, retry_after=30)
+    else:
+        name = html.escape(current_app.config.get("PUBLICATION_NAME") or "")
+        response = current_app.make_response(
+            f'<!doctype html><html lang="en"><meta charset="utf-8"><meta name="robots" content="noindex">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>Please try again · {name}</title>'
+            f'<main><h1>Please try again in a minute</h1><p role="status">{html.escape(message)}</p></main></html>')
+    response.status_code = 503
+    response.headers["Retry-After"] = "30"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _database_safe(handler):
+    """An error page whose rendering needs the database (the templates' context reads it) answers 503 when it is away."""
+    @functools.wraps(handler)
+    def wrapped(error):
+        try:
+            return handler(error)
+        except DATABASE_AWAY as away:
+            return database_away(away)
+    return wrapped
+
+
 def register(app: Flask) -> None:
+    for away in DATABASE_AWAY:
+        app.register_error_handler(away, database_away)
+
+    @app.teardown_appcontext
+    def release_session(_error) -> None:
+        """Runs before Flask-SQLAlchemy's own teardown: a connection the server dropped fails its rollback, which
+        must not turn the answer already made into a bare 500."""
+        try:
+            db.session.remove()
+        except Exception as trouble:
+            log.warning("database session not released cleanly: %s", type(trouble).__name__)
+            with contextlib.suppress(Exception):
+                db.session.registry.clear()
+
     @app.errorhandler(DomainError)
+    @_database_safe
     def domain_error(error: DomainError):
         if wants_json():
             body = {"error": error.code, "message": error.message}
@@ -115,6 +172,7 @@ def register(app: Flask) -> None:
         return render_template(error.template, error=error), error.status
 
     @app.errorhandler(TooManyRequests)
+    @_database_safe
     def too_many_requests(error: TooManyRequests):
         seconds = retry_after()
         minutes = max(1, math.ceil(seconds / 60))
@@ -129,6 +187,7 @@ def register(app: Flask) -> None:
         return response
 
     @app.errorhandler(HTTPException)
+    @_database_safe
     def http_error(error: HTTPException):
         if wants_json():
             return jsonify(error=error.name.lower().replace(" ", "_"), message=error.description), error.code

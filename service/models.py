@@ -172,6 +172,8 @@ class Digest(Model):
     cutoff: Mapped[datetime] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[Optional[datetime]] = mapped_column(UTCDateTime)
+    # the run's counts by status (and "bounced"), kept when its per-recipient rows are pruned (runs.prune)
+    kept_counts: Mapped[Optional[dict]] = mapped_column(JSON)
     deliveries: Mapped[list["Delivery"]] = relationship(back_populates="digest", passive_deletes=True)
 
 

@@ -12,14 +12,20 @@ def ping(value: str) -> str:
     return health.record_ping(value)
 
 
-@shared_task(name="service.tasks.send_outbox_email")
-def send_outbox_email(outbox_id: int) -> bool:
+@shared_task(bind=True, name="service.tasks.send_outbox_email", max_retries=60)
+def send_outbox_email(self, outbox_id: int) -> bool:
     """Send this transactional email (confirm, sign-in, welcome) from the outbox table, and every other one
     due now on the same connection (a burst of signups goes out at the mail server's pace, not the queue's).
-    True when anything was sent."""
+    True when anything was sent. While the database is away (a restart) try again every 5 s rather than
+    leave the mail to the next flush."""
+    from sqlalchemy.exc import OperationalError
+
     from .mail import outbox
 
-    return outbox.drain(outbox_id) > 0
+    try:
+        return outbox.drain(outbox_id) > 0
+    except OperationalError as trouble:
+        raise self.retry(countdown=5, exc=trouble) from None
 
 
 @shared_task(name="service.tasks.answer_signin_request")
@@ -49,6 +55,22 @@ def dispatch_digests() -> dict:
     return runs.dispatch()
 
 
+@shared_task(name="service.tasks.recover_digests")
+def recover_digests() -> dict:
+    """Beat, every RECOVERY_CHECK_SECONDS: hand the claims of a dead worker to another, close settled runs."""
+    from .digests import runs
+
+    return runs.recover_and_finish()
+
+
+@shared_task(name="service.tasks.prune_deliveries")
+def prune_deliveries() -> int:
+    """Beat, hourly: delete per-recipient delivery rows past DELIVERY_RETENTION_DAYS (runs keep their counts)."""
+    from .digests import runs
+
+    return runs.prune()
+
+
 @shared_task(name="service.tasks.publish_scheduled_posts")
 def publish_scheduled_posts() -> list[str]:
     """Beat: publish the posts whose scheduled time has come (their digest follows the usual cadence)."""
@@ -61,9 +83,14 @@ def publish_scheduled_posts() -> list[str]:
              acks_late=True, reject_on_worker_lost=True)
 def send_digest_batch(self, digest_id: int, first_id: int, last_id: int) -> None:
     """Send one id range of a digest run; retried with backoff while recipients were refused for now."""
+    from sqlalchemy.exc import OperationalError
+
     from .digests import sending
 
-    delay = sending.send_batch(digest_id, first_id, last_id, attempt=self.request.retries)
+    try:
+        delay = sending.send_batch(digest_id, first_id, last_id, attempt=self.request.retries)
+    except OperationalError as trouble:  # the database away (a restart, a full disk): its rows wait for this retry
+        raise self.retry(countdown=5, exc=trouble) from None
     if delay is not None:
         raise self.retry(countdown=delay)
 

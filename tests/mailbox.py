@@ -1,6 +1,7 @@
 """A real SMTP server (aiosmtpd) in the test process: the suite's mail outbox, with fault injection."""
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import socket
@@ -45,6 +46,7 @@ class Faults:
 
     by_recipient: dict[str, str] = field(default_factory=dict)  # address -> "550 5.1.1 no such user"
     refuse_first_attempt: set[str] = field(default_factory=set)  # addresses answered 421 once
+    data_delay: float = 0.0  # seconds before each end-of-data answer (a slow server)
     seen: set[str] = field(default_factory=set)
 
     def answer(self, address: str) -> str | None:
@@ -74,6 +76,8 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.box.faults.data_delay:
+            await asyncio.sleep(self.box.faults.data_delay)
         with self.box.lock:
             for recipient in envelope.rcpt_tos:
                 self.box.messages.append(Received(envelope.mail_from, [recipient], envelope.content))

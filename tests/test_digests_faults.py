@@ -1,6 +1,8 @@
 """Digests under faults, with real worker processes: SIGKILL mid-run, 421s, a 550, the SMTP server away."""
 from __future__ import annotations
 
+import time
+
 import pytest
 from sqlalchemy import func, select
 
@@ -31,8 +33,8 @@ def workers(app, backend):
     app.config.update(DELIVERY_LEASE=6.0, DIGEST_RETRY_DELAY=0.2, DIGEST_RETRY_MAX_DELAY=1.0)
     started: list[WorkerProcess] = []
 
-    def start(**env) -> WorkerProcess:
-        process = WorkerProcess({**backend.env, **FAST, **env}, concurrency=2,
+    def start(beat: bool = False, **env) -> WorkerProcess:
+        process = WorkerProcess({**backend.env, **FAST, **env}, concurrency=2, beat=beat,
                                 log=backend.folder / f"digest-worker-{len(started)}.log").start()
         started.append(process)
         return process
@@ -83,6 +85,66 @@ def test_worker_killed_mid_run_then_a_new_one_sends_each_mail_once(app, workers,
           f"{len(counts)} of {len(ids)} subscribers, most to one address: {max(counts.values())}")
     assert 0 < at_kill < len(ids)
     assert final == {"sent": len(ids)}
+    assert len(counts) == len(ids) and set(counts.values()) == {1}
+
+
+DEFAULTS = {  # the shipped settings: a 30 s lease renewed by the heartbeat, recovery beat every 15 s
+    "KEEPREADING_DELIVERY_LEASE": "30",
+    "KEEPREADING_RECOVERY_CHECK_SECONDS": "15",
+    "KEEPREADING_DIGEST_RETRY_DELAY": "30",
+    "KEEPREADING_DIGEST_RETRY_MAX_DELAY": "1800",
+}
+
+
+def test_worker_killed_with_the_default_settings_beat_settles_the_run_within_90_seconds(app, workers, mailbox):
+    """No dispatcher run by the test: a second worker with beat (the shipped schedule) takes over."""
+    with app.app_context():
+        app.config.update(DIGEST_BATCH_SIZE=100, DELIVERY_LEASE=30.0)
+        ids = seed(2000)
+        posts.create("Squall", "Words.", "subscribers", True)
+        keeper = workers(beat=True, **DEFAULTS)
+        victim = workers(**DEFAULTS)
+        wait_for_ping(app, "keeper-and-victim")
+        digest = runs.send_now()
+        mailbox.wait_for(600, timeout=120)
+        victim.kill()
+        killed_at, at_kill = time.monotonic(), len(mailbox.messages)
+        states = status_counts(digest.id)
+
+        def finished():
+            row = db.session.get(Digest, digest.id)
+            db.session.refresh(row)
+            db.session.rollback()
+            return row.finished_at is not None
+
+        wait_until(finished, 150, "the run did not settle", interval=0.5)
+        settled = time.monotonic() - killed_at
+        final = status_counts(digest.id)
+        assert keeper.alive
+    counts = per_recipient(mailbox)
+    print(f"\ndefault-settings kill: {at_kill} mails at the kill, deliveries then {states}; settled "
+          f"{settled:.1f}s after it: {final}; {sum(counts.values())} mails for {len(counts)} of {len(ids)}")
+    assert states.get("sending", 0) > 0  # the killed worker held claims
+    assert final == {"sent": len(ids)}
+    assert len(counts) == len(ids) and set(counts.values()) == {1}
+    assert settled <= 90
+
+
+def test_heartbeat_keeps_a_slow_batch_longer_than_its_lease(app, workers, mailbox):
+    """Lease 3 s, each mail answered after 0.1 s, 100 mails a batch (10 s): the heartbeat renews the claim,
+    the dispatcher (run here all along) takes nothing back, every reader gets one mail."""
+    with app.app_context():
+        app.config.update(DIGEST_BATCH_SIZE=100, DELIVERY_LEASE=3.0)
+        ids = seed(100)
+        mailbox.faults.data_delay = 0.1
+        posts.create("Drizzle", "Words.", "subscribers", True)
+        workers(KEEPREADING_DELIVERY_LEASE="3")
+        digest = runs.send_now()
+        final = dispatched_until_settled(digest.id, timeout=120)
+        attempts = db.session.scalar(select(func.max(Delivery.attempts)).where(Delivery.digest_id == digest.id))
+    counts = per_recipient(mailbox)
+    assert final == {"sent": len(ids)}
+    assert attempts == 1  # never taken back and claimed again
     assert len(counts) == len(ids) and set(counts.values()) == {1}
 
 

@@ -10,6 +10,7 @@ folder (the single-machine default).
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -24,6 +25,11 @@ if TYPE_CHECKING:
 
 TTL = 14 * 24 * 3600
 _clients: dict[str, redis.Redis] = {}
+log = logging.getLogger(__name__)
+
+
+class JournalError(OSError):
+    """The journal could not take a record: the batch stops sending (an OSError, like a lost SMTP connection)."""
 
 
 def for_run(digest: Digest) -> "RedisJournal | FileJournal":
@@ -43,32 +49,60 @@ class RedisJournal:
         self.client = _clients[url]
         self.key = key
         self.fresh = True
-        self.connection: Connection | None = None  # held for the batch: a record is one round trip, no pool or retry layers
+        self.connection: Connection | None = None  # held for the batch: a record is one write, no pool or retry layers
+        self.unread = 0  # replies of records not read yet
 
     def record(self, delivery_id: int) -> None:
-        self._command("SADD", self.key, delivery_id)
-        if self.fresh:
-            self._command("EXPIRE", self.key, TTL)
-            self.fresh = False
-
-    def _command(self, *args):
-        if self.connection is None:
-            self.connection = self.client.connection_pool.get_connection()
+        """Write SADD (and EXPIRE the first time) without waiting for the answer: the final "." follows at once,
+        so a worker killed between the two dies in a few microseconds of no I/O, not in a Redis round trip
+        (the window through which a killed worker's mail could be recorded yet never handed over).
+        The kernel delivers what was written even if the process dies; `settle` reads the answers."""
+        commands = [("SADD", self.key, delivery_id)] + ([("EXPIRE", self.key, TTL)] if self.fresh else [])
         try:
-            self.connection.send_command(*args)
-            return self.connection.read_response()
-        except BaseException:
+            self.settle()
+            if self.connection is None:
+                self.connection = self.client.connection_pool.get_connection()
+            self.connection.send_packed_command(self.connection.pack_commands(commands))
+        except Exception as trouble:
+            self._broken()
+            raise JournalError(f"send journal: {trouble}") from trouble
+        self.unread += len(commands)
+        self.fresh = False
+
+    def settle(self) -> None:
+        """Read the answers of the records written so far."""
+        try:
+            while self.unread:
+                assert self.connection is not None
+                self.connection.read_response()
+                self.unread -= 1
+        except Exception as trouble:
+            self._broken()
+            raise JournalError(f"send journal: {trouble}") from trouble
+
+    def _broken(self) -> None:
+        if self.connection is not None:
             self.connection.disconnect()  # a reply may be left unread: never hand it back as it is
-            self.close()
-            raise
+            self.client.connection_pool.release(self.connection)
+            self.connection = None
+        self.unread = 0
+        self.fresh = True
 
     def retract(self, delivery_id: int) -> None:
-        self.client.srem(self.key, delivery_id)
+        try:
+            self.settle()
+            self.client.srem(self.key, delivery_id)
+        except Exception as trouble:
+            raise JournalError(f"send journal: {trouble}") from trouble
 
     def forget(self, delivery_ids: list[int]) -> None:
-        """Entries the database now holds as sent: dropped, so the set holds only hand-overs in flight."""
-        for start in range(0, len(delivery_ids), 1000):
-            self.client.srem(self.key, *delivery_ids[start:start + 1000])
+        """Entries the database now holds as sent: dropped, so the set holds only hand-overs in flight (the
+        key's TTL drops them if Redis is away now)."""
+        try:
+            for start in range(0, len(delivery_ids), 1000):
+                self.client.srem(self.key, *delivery_ids[start:start + 1000])
+        except Exception as trouble:
+            log.warning("send journal: entries not forgotten (%s); they expire with the key", trouble)
 
     def recorded(self, delivery_ids: list[int]) -> set[int]:
         if not delivery_ids:
@@ -78,9 +112,16 @@ class RedisJournal:
         return {delivery_id for delivery_id, flag in zip(delivery_ids, flags, strict=True) if flag}
 
     def drop(self) -> None:
-        self.client.delete(self.key)
+        try:
+            self.client.delete(self.key)
+        except Exception as trouble:
+            log.warning("send journal: not dropped (%s); it expires", trouble)
 
     def close(self) -> None:
+        try:
+            self.settle()
+        except JournalError:
+            pass
         if self.connection is not None:
             self.client.connection_pool.release(self.connection)
             self.connection = None
@@ -94,10 +135,18 @@ class FileJournal:
         self.fd: int | None = None
 
     def _write(self, line: str) -> None:
-        if self.fd is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.write(self.fd, line.encode())
+        try:
+            if self.fd is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            data = line.encode()
+            if os.write(self.fd, data) != len(data):  # a full disk can take part of it
+                raise OSError("short write")
+        except OSError as trouble:
+            raise JournalError(f"send journal: {trouble}") from trouble
+
+    def settle(self) -> None:
+        """Each record is written whole before it returns."""
 
     def record(self, delivery_id: int) -> None:
         self._write(f"{delivery_id}\n")

@@ -14,7 +14,8 @@ from typing import cast
 from zoneinfo import ZoneInfo
 
 from flask import current_app
-from sqlalchemy import CursorResult, and_, case, exists, func, insert, literal, or_, select, update
+from kombu.exceptions import ChannelError
+from sqlalchemy import CursorResult, and_, case, delete, exists, func, insert, literal, or_, select, update
 
 from ..errors import NotFound, ValidationError
 from ..extensions import db
@@ -67,7 +68,13 @@ def dispatch(now: datetime | None = None) -> dict:
     created = schedule(now)
     for digest_id in created:
         enqueue(digest_id)
-    return {"created": created, "requeued": recover(now), "finished": finish(now)}
+    return {"created": created, **recover_and_finish(now)}
+
+
+def recover_and_finish(now: datetime | None = None) -> dict:
+    """The recovery beat's work (every RECOVERY_CHECK_SECONDS): a dead worker's claims go to another, settled runs close."""
+    now = now or utcnow()
+    return {"requeued": recover(now), "finished": finish(now)}
 
 
 def send_now(frequency: str | None = None, now: datetime | None = None) -> Digest:
@@ -122,7 +129,7 @@ def _add_deliveries(digest: Digest, now: datetime) -> int:
     if latest is None:
         return 0
     due, size = _due(digest.frequency, latest), current_app.config["DIGEST_BATCH_SIZE"]
-    promised = literal(now + _lease(), UTCDateTime)  # a queued task owns the pending rows until then
+    promised = literal(now + promise(), UTCDateTime)  # a queued task owns the pending rows until then
     last = 0
     while True:
         upper = db.session.scalar(select(Subscriber.id).where(*due, Subscriber.id > last)
@@ -142,6 +149,14 @@ def _add_deliveries(digest: Digest, now: datetime) -> int:
 
 def _lease() -> timedelta:
     return timedelta(seconds=current_app.config["DELIVERY_LEASE"])
+
+
+def promise() -> timedelta:
+    """How long queued (pending, unclaimed) rows wait for their task before the dispatcher queues them again:
+    four leases, at least two minutes. Longer than a claim's lease, since a queued task is lost only with the
+    broker's queue (a broker restarted without persistence), while a big run's later batches may wait for a
+    free worker: each promise that runs out queues a duplicate task, which finds nothing left to claim."""
+    return max(4 * _lease(), timedelta(minutes=2))
 
 
 # --- handing ranges to workers ---
@@ -183,37 +198,65 @@ def recover(now: datetime, digest_id: int | None = None) -> int:
     if digest_id is not None:
         runs = runs.where(Digest.id == digest_id)
     count = 0
-    for digest in db.session.scalars(runs).all():  # unfinished runs: a handful
-        count += _recover_run(digest, now)
+    unfinished = db.session.scalars(runs).all()  # a handful
+    orphans_possible = bool(unfinished) and _queue_empty()
+    for digest in unfinished:
+        count += _recover_run(digest, now, orphans_possible)
     return count
 
 
-def _recover_run(digest: Digest, now: datetime) -> int:
-    stale = and_(Delivery.digest_id == digest.id, Delivery.status.in_(OPEN),
-                 or_(Delivery.lease_until.is_(None), Delivery.lease_until < now))
+def _queue_empty() -> bool:
+    """Whether the broker's queue holds no task. A broker restarted without persistence loses its queue: the
+    pending rows it held then have no task, and the recovery need not wait out their promise."""
+    celery = current_app.extensions["celery"]
+    try:
+        with celery.connection_for_read() as connection:
+            try:
+                _, waiting, _ = connection.default_channel.queue_declare(queue=celery.conf.task_default_queue,
+                                                                         passive=True)
+            except ChannelError:  # Redis forgets an empty list: no such queue is an empty one
+                return True
+    except Exception:  # the broker away: nothing to learn now
+        return False
+    return waiting == 0
+
+
+def _recover_run(digest: Digest, now: datetime, orphans_possible: bool = False) -> int:
+    stale_lease = or_(Delivery.lease_until.is_(None), Delivery.lease_until < now)
+    if orphans_possible:
+        # the queue is empty, yet these rows' task was due two leases ago: lost with the queue (or held by a busy
+        # worker, whose copy then finds nothing left to claim)
+        overdue = and_(Delivery.status == "pending", Delivery.lease_until < now + promise() - 2 * _lease())
+        stale_lease = or_(stale_lease, overdue)
+    stale = and_(Delivery.digest_id == digest.id, Delivery.status.in_(OPEN), stale_lease)
     journal, size, count = send_journal.for_run(digest), current_app.config["DIGEST_BATCH_SIZE"], 0
     max_attempts = current_app.config["DIGEST_MAX_ATTEMPTS"]
+    last = 0
     while True:
-        rows = db.session.execute(select(Delivery.id, Delivery.status).where(stale)
+        rows = db.session.execute(select(Delivery.id, Delivery.status).where(stale, Delivery.id > last)
                                   .order_by(Delivery.id).limit(size)).all()
         if not rows:
             return count
+        last = rows[-1].id
         handed_over = journal.recorded([row.id for row in rows if row.status == "sending"])
         ids = [row.id for row in rows if row.id not in handed_over]
-        _mark(handed_over, status="sent", sent_at=now, lease_until=None, error="sent; its worker stopped before recording it")
-        _mark(ids, status=case((Delivery.attempts >= max_attempts, "failed"), else_="pending"),
-              lease_until=now + _lease(), error=case((Delivery.attempts >= max_attempts, "gave up: attempts exhausted"),
-                                                     else_=Delivery.error))
+        # the UPDATEs test staleness again: a live batch may have renewed its claim since the SELECT
+        _mark(stale, handed_over, status="sent", sent_at=now, lease_until=None,
+              error="sent; its worker stopped before recording it")
+        again = _mark(stale, ids, status=case((Delivery.attempts >= max_attempts, "failed"), else_="pending"),
+                      lease_until=now + promise(),
+                      error=case((Delivery.attempts >= max_attempts, "gave up: attempts exhausted"), else_=Delivery.error))
         db.session.commit()
-        if ids:
-            queue_batch(digest.id, ids[0], ids[-1])
-        count += len(ids)
+        if again:
+            queue_batch(digest.id, min(again), max(again))
+        count += len(again)
 
 
-def _mark(ids, **values) -> None:
-    if ids:
-        db.session.execute(update(Delivery).where(Delivery.id.in_(list(ids)))
-                           .values(**values).execution_options(synchronize_session=False))
+def _mark(stale, ids, **values) -> list[int]:
+    if not ids:
+        return []
+    return list(db.session.scalars(update(Delivery).where(stale, Delivery.id.in_(list(ids))).values(**values)
+                                   .returning(Delivery.id).execution_options(synchronize_session=False)))
 
 
 def finish(now: datetime) -> list[int]:
@@ -262,6 +305,10 @@ def get(digest_id: int) -> Digest:
 
 def counts(digest_ids: list[int]) -> dict[int, dict[str, int]]:
     found = {digest_id: dict.fromkeys(COUNTED, 0) for digest_id in digest_ids}
+    kept = db.session.execute(select(Digest.id, Digest.kept_counts)
+                              .where(Digest.id.in_(digest_ids), Digest.kept_counts.is_not(None))).all()
+    for digest_id, tally in kept:  # pruned runs: their rows are gone, their counts kept
+        found[digest_id].update({status: tally.get(status, 0) for status in COUNTED})
     rows = db.session.execute(select(Delivery.digest_id, Delivery.status, func.count())
                               .where(Delivery.digest_id.in_(digest_ids)).group_by(Delivery.digest_id, Delivery.status))
     for digest_id, status, number in rows:
@@ -302,8 +349,46 @@ def history(limit: int = 50) -> list[dict]:
 
 
 def _bounces(digest_ids: list[int]) -> dict[int, int]:
-    """Failed deliveries whose address is now marked bounced (a 5xx answer): per run."""
+    """Failed deliveries whose address is now marked bounced (a 5xx answer): per run (as at pruning for pruned runs)."""
+    kept = db.session.execute(select(Digest.id, Digest.kept_counts)
+                              .where(Digest.id.in_(digest_ids), Digest.kept_counts.is_not(None))).all()
+    return _live_bounces(digest_ids) | {digest_id: tally.get("bounced", 0) for digest_id, tally in kept}
+
+
+def _live_bounces(digest_ids: list[int]) -> dict[int, int]:
     rows = db.session.execute(select(Delivery.digest_id, func.count()).join(Subscriber, Subscriber.id == Delivery.subscriber_id)
                               .where(Delivery.digest_id.in_(digest_ids), Delivery.status == "failed",
                                      Subscriber.status == "bounced").group_by(Delivery.digest_id))
     return dict(rows.all())
+
+
+# --- retention ---
+
+def prune(now: datetime | None = None, batch: int = 5000, budget: int = 200_000) -> int:
+    """Delete the per-recipient rows of runs finished more than DELIVERY_RETENTION_DAYS ago, `batch` rows a
+    transaction (short locks: sends go on), at most `budget` rows a call (the beat comes back for the rest).
+    Each run first keeps its counts (kept_counts), so its summary reads the same afterwards. Deleted rows."""
+    days = current_app.config["DELIVERY_RETENTION_DAYS"]
+    if days <= 0:
+        return 0
+    before = (now or utcnow()) - timedelta(days=days)
+    old = db.session.scalars(select(Digest).where(Digest.finished_at.is_not(None), Digest.finished_at < before)
+                             .where(exists().where(Delivery.digest_id == Digest.id)).order_by(Digest.id)).all()
+    deleted = 0
+    for digest in old:
+        if digest.kept_counts is None:
+            tally = counts([digest.id])[digest.id]
+            digest.kept_counts = {**tally, "bounced": _live_bounces([digest.id]).get(digest.id, 0)}
+            db.session.commit()
+        while deleted < budget:
+            chunk = select(Delivery.id).where(Delivery.digest_id == digest.id).order_by(Delivery.id).limit(batch)
+            gone = cast(CursorResult, db.session.execute(
+                delete(Delivery).where(Delivery.id.in_(chunk.scalar_subquery()))
+                .execution_options(synchronize_session=False))).rowcount
+            db.session.commit()
+            deleted += gone
+            if gone < batch:
+                break
+        if deleted >= budget:
+            break
+    return deleted

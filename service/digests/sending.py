@@ -8,9 +8,11 @@ dispatcher can settle the claims of a worker that died (see send_journal, digest
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import smtplib
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -18,6 +20,7 @@ from typing import cast
 
 from flask import current_app
 from sqlalchemy import case, select, update
+from sqlalchemy.exc import OperationalError
 
 from ..extensions import db
 from ..mail import mailer, transports
@@ -41,6 +44,7 @@ class Claimed:
     delivery_id: int
     subscriber_id: int
     since: datetime | None
+    token: int  # the row's attempts after this claim: fences renewals and outcomes
 
 
 @dataclass
@@ -60,15 +64,20 @@ def send_batch(digest_id: int, first_id: int, last_id: int, attempt: int = 0) ->
     if digest is None:
         return None
     lease = current_app.config["DELIVERY_LEASE"]
-    deadline = time.monotonic() + lease - min(lease / 5, 30)
     journal = send_journal.for_run(digest)
+    started = time.monotonic()
     claimed = claim(digest_id, first_id, last_id, utcnow() + timedelta(seconds=lease))
     if not claimed:  # a duplicate, or redelivered after its worker died between recording and finishing
         _finish_if_settled(digest_id, journal)
         return None
-    outcomes = _send(digest, claimed, deadline)
+    heartbeat = Heartbeat(db.engine, digest_id, {row.delivery_id: row.token for row in claimed}, lease, started)
+    heartbeat.start()
+    try:
+        outcomes = _send(digest, claimed, heartbeat)
+    finally:
+        heartbeat.stop()
     delay = backoff(attempt) if outcomes.refused or outcomes.unsent else None
-    record(outcomes, delay)
+    record(outcomes, delay, heartbeat.tokens)
     if not _finish_if_settled(digest_id, journal):
         journal.forget(outcomes.sent)
     return delay
@@ -83,18 +92,95 @@ def _finish_if_settled(digest_id: int, journal: send_journal.RedisJournal | send
 
 
 def claim(digest_id: int, first_id: int, last_id: int, lease_until: datetime) -> list[Claimed]:
-    """pending -> sending in one UPDATE; only this task gets the rows it returns."""
+    """pending -> sending in one UPDATE; only this task gets the rows it returns. A row's attempts after the
+    claim is the claim's fencing token: every later claim of the row counts one more (see Heartbeat)."""
     claimed = db.session.execute(
         update(Delivery)
         .where(Delivery.digest_id == digest_id, Delivery.id.between(first_id, last_id), Delivery.status == "pending")
         .values(status="sending", lease_until=lease_until, attempts=Delivery.attempts + 1)
-        .returning(Delivery.id, Delivery.subscriber_id, Delivery.since)
+        .returning(Delivery.id, Delivery.subscriber_id, Delivery.since, Delivery.attempts)
     ).all()
     db.session.commit()
     return sorted((Claimed(*row) for row in claimed), key=lambda row: row.delivery_id)
 
 
-def _send(digest: Digest, claimed: list[Claimed], deadline: float) -> Outcomes:
+class Heartbeat:
+    """Renews the batch's claim every third of the lease while it sends, in a thread of its own (so a slow
+    SMTP answer does not hold it up), on a connection of its own.
+
+    Fencing: a renewal touches only rows still 'sending' with this claim's token (attempts) and a lease
+    not yet run out, so a claim the dispatcher took back (and another worker took) is never renewed.
+    The batch may hand a message over only before `deadline`: a fifth of the lease (at most 30 s) before
+    the lease its last successful renewal wrote runs out. A batch that cannot renew (the database away)
+    or lost rows stops sending before its claim expires; the dispatcher then settles it."""
+
+    def __init__(self, engine, digest_id: int, tokens: dict[int, int], lease: float, started: float):
+        self.engine = engine
+        self.digest_id = digest_id
+        self.tokens = tokens  # delivery id -> the claim's attempts
+        self.lease = lease
+        self.margin = min(lease / 5, 30)
+        self.deadline = started + lease - self.margin
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"digest-{digest_id}-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def check(self) -> None:
+        """Raise unless the batch still holds its claim with time to spare: called right before each hand-over."""
+        if self.lost:
+            raise LeaseRunningOut("the claim was taken back")
+        if time.monotonic() >= self.deadline:
+            raise LeaseRunningOut("the claim's lease is running out and could not be renewed")
+
+    def _run(self) -> None:
+        interval = self.lease / 3
+        while not self._stop.wait(interval):
+            started = time.monotonic()
+            if started >= self.deadline:
+                return  # too late: the claim may be taken back any moment, the batch stops at its next check
+            try:
+                held = self.renew(utcnow())
+            except Exception as trouble:  # the database away: keep trying until the deadline
+                log.warning("digest %s: heartbeat failed (%s)", self.digest_id, trouble)
+                interval = min(1.0, self.lease / 10)
+                continue
+            interval = self.lease / 3
+            if held < len(self.tokens):
+                self.lost = True
+                log.warning("digest %s: %d of %d claimed deliveries were taken back; stopping", self.digest_id,
+                            len(self.tokens) - held, len(self.tokens))
+                return
+            self.deadline = started + self.lease - self.margin
+
+    def renew(self, now: datetime) -> int:
+        """One UPDATE per distinct token (a batch holds a few); the number of rows still held."""
+        held = 0
+        with self.engine.begin() as connection:
+            for token, ids in _by_token(self.tokens, list(self.tokens)).items():
+                result = connection.execute(
+                    update(Delivery)
+                    .where(Delivery.digest_id == self.digest_id, Delivery.id.in_(ids), Delivery.status == "sending",
+                           Delivery.attempts == token, Delivery.lease_until > now)
+                    .values(lease_until=now + timedelta(seconds=self.lease)))
+                held += result.rowcount
+        return held
+
+
+def _by_token(tokens: dict[int, int], ids: list[int]) -> dict[int, list[int]]:
+    grouped: dict[int, list[int]] = {}
+    for delivery_id in ids:
+        grouped.setdefault(tokens[delivery_id], []).append(delivery_id)
+    return grouped
+
+
+def _send(digest: Digest, claimed: list[Claimed], heartbeat: Heartbeat) -> Outcomes:
     outcomes = Outcomes()
     readers = _readers([row.subscriber_id for row in claimed])
     posts = _posts(digest, [row.since for row in claimed])
@@ -109,7 +195,7 @@ def _send(digest: Digest, claimed: list[Claimed], deadline: float) -> Outcomes:
         else:
             work.append((row, reader, post_set))
     if work:
-        _send_all(digest, work, deadline, outcomes)
+        _send_all(digest, work, heartbeat, outcomes)
     return outcomes
 
 
@@ -132,7 +218,7 @@ def _posts(digest: Digest, sinces: list[datetime | None]) -> list[PostItem]:
     return [PostItem(*cast("tuple[int, str, str, datetime, str]", row)) for row in rows]
 
 
-def _send_all(digest: Digest, work: list, deadline: float, outcomes: Outcomes) -> None:
+def _send_all(digest: Digest, work: list, heartbeat: Heartbeat, outcomes: Outcomes) -> None:
     journal = send_journal.for_run(digest)
     transport = transports.open_transport()
     from_address = mailer.sender()[1]
@@ -145,7 +231,7 @@ def _send_all(digest: Digest, work: list, deadline: float, outcomes: Outcomes) -
                 outcomes.failed[row.delivery_id] = str(refusal)[:500]
                 continue
             try:
-                _send_one(transport, journal, from_address, message, row, reader, deadline, outcomes)
+                _send_one(transport, journal, from_address, message, row, reader, heartbeat, outcomes)
             except (LeaseRunningOut, OSError, smtplib.SMTPException) as trouble:
                 outcomes.trouble = f"{type(trouble).__name__}: {trouble}"[:500]
                 outcomes.unsent.extend(item[0].delivery_id for item in work[index:])
@@ -158,18 +244,24 @@ def _send_all(digest: Digest, work: list, deadline: float, outcomes: Outcomes) -
 
 
 def _send_one(transport, journal, from_address: str, message: bytes, row: Claimed, reader: Reader,
-              deadline: float, outcomes: Outcomes) -> None:
+              heartbeat: Heartbeat, outcomes: Outcomes) -> None:
     handed_over = False
 
     def commit() -> None:
         nonlocal handed_over
-        if time.monotonic() >= deadline:
-            raise LeaseRunningOut("the claim's lease is running out")
-        journal.record(row.delivery_id)
+        heartbeat.check()
+        journal.record(row.delivery_id)  # written, its answer read after the final "." (journal.settle)
         handed_over = True
 
     try:
-        transport.deliver(from_address, reader.email, message, commit)
+        try:
+            transport.deliver(from_address, reader.email, message, commit)
+        finally:
+            if handed_over:
+                # the answer to the record: lost with a Redis that died meanwhile, which changes nothing while this
+                # batch lives to write its outcomes (the next record reconnects, or stops the batch)
+                with contextlib.suppress(send_journal.JournalError):
+                    journal.settle()
     except transports.DeliveryError as refusal:
         if handed_over:
             journal.retract(row.delivery_id)
@@ -197,25 +289,44 @@ def _mail(digest: Digest, post_set: list[PostItem]) -> DigestMail:
     return _mails[key]
 
 
-def record(outcomes: Outcomes, delay: float | None) -> None:
-    """Every outcome of the batch in a few bulk UPDATEs and one commit."""
-    now = utcnow()
-    max_attempts = current_app.config["DIGEST_MAX_ATTEMPTS"]
-    again = now + timedelta(seconds=(delay or 0) + current_app.config["DELIVERY_LEASE"])
-    _update(outcomes.sent, status="sent", sent_at=now, lease_until=None, error=None)
-    for reason, ids in _by_reason(outcomes.skipped):
-        _update(ids, status="skipped", lease_until=None, error=reason)
-    for reason, ids in _by_reason(outcomes.failed):
-        _update(ids, status="failed", lease_until=None, error=reason)
-    for reason, ids in _by_reason(outcomes.refused):
-        exhausted = Delivery.attempts >= max_attempts
-        _update(ids, status=case((exhausted, "failed"), else_="pending"), lease_until=again, error=reason)
-    # the server was away or time ran out: not the readers' doing, so these claims are not attempts
-    _update(outcomes.unsent, status="pending", lease_until=again, attempts=Delivery.attempts - 1,
-            error=outcomes.trouble or None)
-    db.session.commit()
+RECORD_PATIENCE = 60.0  # seconds a batch keeps trying to write its outcomes while the database is away
+
+
+def record(outcomes: Outcomes, delay: float | None, tokens: dict[int, int]) -> None:
+    """Every outcome of the batch in a few bulk UPDATEs and one commit, fenced by the claim's tokens (rows the
+    dispatcher took back are left alone). While the database is away (a restart) it tries again for a while;
+    past that the claims expire and the dispatcher settles them from the send journal."""
+    give_up = time.monotonic() + RECORD_PATIENCE
+    while True:
+        try:
+            _record(outcomes, delay, tokens)
+            break
+        except OperationalError:
+            db.session.rollback()
+            if time.monotonic() >= give_up:
+                raise
+            log.warning("digest outcomes not recorded yet: the database is away; trying again")
+            time.sleep(1)
     for subscriber_id, reason in outcomes.bounced.items():
         subscriptions.mark_bounced(subscriber_id, reason)
+
+
+def _record(outcomes: Outcomes, delay: float | None, tokens: dict[int, int]) -> None:
+    now = utcnow()
+    max_attempts = current_app.config["DIGEST_MAX_ATTEMPTS"]
+    again = now + timedelta(seconds=delay or 0) + runs.promise()
+    _update(tokens, outcomes.sent, status="sent", sent_at=now, lease_until=None, error=None)
+    for reason, ids in _by_reason(outcomes.skipped):
+        _update(tokens, ids, status="skipped", lease_until=None, error=reason)
+    for reason, ids in _by_reason(outcomes.failed):
+        _update(tokens, ids, status="failed", lease_until=None, error=reason)
+    for reason, ids in _by_reason(outcomes.refused):
+        exhausted = Delivery.attempts >= max_attempts
+        _update(tokens, ids, status=case((exhausted, "failed"), else_="pending"), lease_until=again, error=reason)
+    # the server was away or time ran out: not the readers' doing, so these claims are not attempts
+    _update(tokens, outcomes.unsent, status="pending", lease_until=again, attempts=Delivery.attempts - 1,
+            error=outcomes.trouble or None)
+    db.session.commit()
 
 
 def _by_reason(reasons: dict[int, str]) -> list[tuple[str, list[int]]]:
@@ -225,9 +336,10 @@ def _by_reason(reasons: dict[int, str]) -> list[tuple[str, list[int]]]:
     return list(grouped.items())
 
 
-def _update(ids: list[int], **values) -> None:
-    if ids:
-        db.session.execute(update(Delivery).where(Delivery.id.in_(ids), Delivery.status == "sending")
+def _update(tokens: dict[int, int], ids: list[int], **values) -> None:
+    for token, held in _by_token(tokens, ids).items():
+        db.session.execute(update(Delivery).where(Delivery.id.in_(held), Delivery.status == "sending",
+                                                  Delivery.attempts == token)
                            .values(**values).execution_options(synchronize_session=False))
 
 

@@ -38,7 +38,7 @@ class DeliveryError(Exception):
 def open_transport():
     url = current_app.config.get("SMTP_URL")
     if url:
-        return SMTPTransport(url)
+        return SMTPTransport(url, timeout=current_app.config.get("SMTP_TIMEOUT") or 10)
     return FileTransport(Path(current_app.instance_path) / "outbox")
 
 
@@ -57,9 +57,20 @@ class FileTransport:
         log.warning("email to %s written to %s; links: %s", ", ".join(to_addrs), path, " ".join(links_in(message)))
 
     def deliver(self, from_addr: str, to_addr: str, message: bytes, commit) -> None:
-        """Like SMTPTransport.deliver: `commit()` runs right before the message is handed over."""
-        commit()
-        self.send(from_addr, [to_addr], message)
+        """Like SMTPTransport.deliver: `commit()` runs right before the message is handed over, which here is
+        the rename of a file written whole (a full disk fails the write, before any hand-over)."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        name = f"{stamp}-{uuid.uuid4().hex[:8]}.eml"
+        partial = self.folder / f".{name}.part"
+        try:
+            with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as stream:
+                stream.write(message)
+            commit()
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        os.rename(partial, self.folder / name)
+        log.warning("email to %s written to %s; links: %s", to_addr, self.folder / name, " ".join(links_in(message)))
 
     def close(self) -> None:
         pass
