@@ -74,12 +74,15 @@ def subscribers_group():
 def import_subscribers(path: Path):
     """Import FILE.csv (email,name,status,subscribed_at); bad rows are listed by line and skipped."""
     try:
-        report = subscriber_csv.import_text(path.read_text(encoding="utf-8-sig"))
+        with path.open("rb") as stream:
+            report = subscriber_csv.import_binary(stream)
     except DomainError as error:
         raise click.ClickException(error.message) from None
     for problem in report.errors:
         click.echo(f"{path}:{problem['line']}: {problem['message']}", err=True)
-    click.echo(f"imported {report.imported}, unchanged {report.unchanged}, invalid {len(report.errors)}")
+    if report.invalid > len(report.errors):
+        click.echo(f"{path}: {report.invalid - len(report.errors)} more invalid rows", err=True)
+    click.echo(f"imported {report.imported}, unchanged {report.unchanged}, invalid {report.invalid}")
     if report.errors:
         raise SystemExit(1)
 
