@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from flask import current_app
-from sqlalchemy import CursorResult, insert, or_, select, update
+from sqlalchemy import CursorResult, Table, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import tokens
@@ -342,7 +342,7 @@ def add_imported_many(rows: list[tuple[str, str, str, datetime]]) -> set[str]:
             values["digest_watermark"] = now  # their first digest starts now, not with the whole archive
         new[email] = values
     if new:
-        table = Subscriber.__table__  # Core: the ORM would split the rows into one INSERT per run of like NULLs
+        table = cast(Table, Subscriber.__table__)  # Core: the ORM would split the rows into one INSERT per run of like NULLs
         added = db.session.execute(insert(table).returning(table.c.id, table.c.status), list(new.values()))
         db.session.execute(insert(Event), [{"kind": "import", "subscriber_id": subscriber_id, "created_at": now,
                                             "data": {"status": status}} for subscriber_id, status in added])
