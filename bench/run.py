@@ -444,12 +444,14 @@ def bench_pacing(quick: bool) -> None:
     """SEND_RATE held over a long send; then a sink that throttles (450 to MAIL FROM) for its first seconds."""
     count = 10_000 if quick else 100_000
     rate = float(os.environ.get("KEEPREADING_BENCH_SEND_RATE", "500" if quick else "1000"))
-    with smtp_sink() as port:
-        paced = digest_run(count, port, KEEPREADING_SEND_RATE=str(rate))
-    off = paced["send_rate"] / rate - 1
+    with smtp_sink() as port:  # batches of 100: each batch's record time places its mail to a tenth of a second
+        paced = digest_run(count, port, KEEPREADING_SEND_RATE=str(rate), KEEPREADING_DIGEST_BATCH_SIZE="100")
+    held = held_rate()
+    off = held / rate - 1
     rows.append((f"SEND_RATE={rate:,.0f}/s, {count:,} subscribers, 2 workers × 2 processes",
-                 f"{paced['send_rate']:,.1f} msg/s over the send phase ({paced['sent']:,} sent, "
-                 f"{paced['failed']} failed, {paced['send']:.1f} s)",
+                 f"{held:,.1f} msg/s from the 10th to the 90th percentile of sent_at ({paced['sent']:,} sent, "
+                 f"{paced['failed']} failed; {paced['send_rate']:,.1f}/s over the whole send phase with its "
+                 f"start and --wait's last poll, {paced['send']:.1f} s)",
                  f"{off:+.1%} of the set rate; target within ±5 % ({'met' if abs(off) <= 0.05 else 'not met'})"))
     throttled_count, throttle_seconds = (2_000, 5) if quick else (10_000, 8)
     port = free_port()
@@ -479,6 +481,18 @@ def bench_pacing(quick: bool) -> None:
                  f"most attempts on a delivery {attempts}",
                  "target: all sent, none lost, throttling spends no attempt "
                  f"({'met' if result['sent'] == throttled_count and attempts <= 1 else 'not met'})"))
+
+
+def held_rate() -> float:
+    """Messages a second between the times a tenth and nine tenths of the deliveries were recorded sent."""
+    import psycopg
+
+    host = PG_ADMIN.split("://", 1)[1].rsplit("/", 1)[0]
+    with psycopg.connect(f"postgresql://{host}/{DATABASE}") as connection:
+        count, first, last = connection.execute(
+            "SELECT count(*), percentile_disc(0.1) WITHIN GROUP (ORDER BY sent_at), "
+            "percentile_disc(0.9) WITHIN GROUP (ORDER BY sent_at) FROM deliveries WHERE status = 'sent'").fetchone()
+    return 0.8 * count / (last - first).total_seconds()
 
 
 def max_attempts() -> int:

@@ -33,7 +33,7 @@ def send_run_here(count: int) -> tuple[int, list[int]]:
 def test_the_redis_pacer_gives_each_message_its_own_slot_across_workers():
     need_server("Redis", redis_problem())
     key = f"kr-test:pace:{uuid.uuid4().hex}"
-    one, other = pacing.RedisPacer(REDIS_URL, key, 100), pacing.RedisPacer(REDIS_URL, key, 100)  # two workers
+    one, other = (pacing.RedisPacer(REDIS_URL, key, 100, catch_up=0) for _ in range(2))  # two workers
     waits = [pacer.reserve() for _ in range(10) for pacer in (one, other)]
     # 20 reservations made at once: each 10 ms after the one before, whichever worker asked
     gaps = [later - earlier for earlier, later in zip(waits, waits[1:], strict=False)]
@@ -43,12 +43,23 @@ def test_the_redis_pacer_gives_each_message_its_own_slot_across_workers():
     assert fresh.reserve() == 0  # another installation's key: its own rate
 
 
+def test_senders_running_late_catch_up_half_a_second_at_most():
+    need_server("Redis", redis_problem())
+    pacer = pacing.RedisPacer(REDIS_URL, f"kr-test:pace:{uuid.uuid4().hex}", 100)  # catch_up: 0.5 s
+    pacer.reserve()
+    time.sleep(1)  # idle, or late: a second of slots went by unused
+    waits = [pacer.reserve() for _ in range(80)]
+    immediate = sum(1 for wait in waits if wait == 0)
+    assert 45 <= immediate <= 52  # half a second's worth (50) goes at once, never the whole second's
+    assert 0.25 < waits[-1] < 0.35  # then each 10 ms after the one before
+
+
 def test_local_pacer_without_redis(app):
     with app.app_context():
         app.config.update(SEND_RATE=50.0, REDIS_URL=None)
         pacer = pacing.for_app()
         assert isinstance(pacer, pacing.LocalPacer) and pacing.for_app() is pacer
-        waits = [pacer.reserve() for _ in range(5)]
+        waits = [pacer.reserve() for _ in range(30)][25:]  # past the half second a late sender may catch up
         assert all(0.015 < later - earlier < 0.025 for earlier, later in zip(waits, waits[1:], strict=False))
         app.config["SEND_RATE"] = 0.0
         assert pacing.for_app() is None
