@@ -343,7 +343,8 @@ def add_imported_many(rows: list[tuple[str, str, str, datetime]]) -> set[str]:
         new[email] = values
     if new:
         table = cast(Table, Subscriber.__table__)  # Core: the ORM would split the rows into one INSERT per run of like NULLs
-        added = db.session.execute(insert(table).returning(table.c.id, table.c.status), list(new.values()))
+        db.session.execute(insert(table), list(new.values()))
+        added = db.session.execute(select(Subscriber.id, Subscriber.status).where(Subscriber.email.in_(list(new))))
         db.session.execute(insert(Event), [{"kind": "import", "subscriber_id": subscriber_id, "created_at": now,
                                             "data": {"status": status}} for subscriber_id, status in added])
     return set(new)
