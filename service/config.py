@@ -111,6 +111,13 @@ def load(instance: Path, overrides: Mapping[str, Any] | None = None) -> dict[str
         "BROKER_POLLING_INTERVAL": float(_env("BROKER_POLLING_INTERVAL", "0.1")),
         "REDIS_URL": _env("REDIS_URL"),
         "SMTP_URL": _env("SMTP_URL"),
+        # Messages a second across every worker (a token bucket in Redis when REDIS_URL is set, else per
+        # process): the provider's sending rate. Unset or 0: as fast as the server takes them.
+        "SEND_RATE": float(_env("SEND_RATE", "0")),
+        # A connection is closed (QUIT) and a new one opened after this many messages (0: kept while it lasts).
+        "SMTP_MESSAGES_PER_CONNECTION": int(_env("SMTP_MESSAGES_PER_CONNECTION", "0")),
+        # SMTP connections each digest batch sends on at once: more hide a distant server's round trips.
+        "SMTP_CONNECTIONS": int(_env("SMTP_CONNECTIONS", "1")),
         "MAIL_FROM": _env("MAIL_FROM"),
         "BASE_URL": _env("BASE_URL", "http://127.0.0.1:5000").rstrip("/"),
         "ADMIN_TOKEN": _env("ADMIN_TOKEN"),

@@ -18,6 +18,7 @@ class Received:
     sender: str
     recipients: list[str]
     raw: bytes
+    at: float = 0.0  # time.monotonic() when the server took it
 
     @property
     def message(self) -> EmailMessage:
@@ -42,19 +43,33 @@ class Received:
 
 @dataclass
 class Faults:
-    """What the server answers: by recipient, a fixed code; or a share of first attempts refused."""
+    """What the server answers: by recipient, a fixed code; or a share of first attempts refused; or, until
+    `throttle_until` (time.monotonic()), every MAIL FROM or end of data answered like a provider over its rate."""
 
     by_recipient: dict[str, str] = field(default_factory=dict)  # address -> "550 5.1.1 no such user"
-    refuse_first_attempt: set[str] = field(default_factory=set)  # addresses answered 421 once
-    data_delay: float = 0.0  # seconds before each end-of-data answer (a slow server)
+    refuse_first_attempt: set[str] = field(default_factory=set)  # addresses answered 450 once
     seen: set[str] = field(default_factory=set)
+    throttle_until: float = 0.0
+    throttle_at: str = "data"  # or "mail"
+    throttle_answer: str = "451 4.7.0 Too many messages, slow down"
+    throttled: int = 0  # throttling answers given so far
+    delay: float = 0.0  # seconds before the answer to the end of data: a distant server
+    sessions: int = 0  # EHLOs seen: one a connection
+    busy: int = 0  # messages waiting for their delayed answer now
+    most_busy: int = 0  # and the most there were at once
+
+    def throttling(self, step: str) -> str | None:
+        if step == self.throttle_at and time.monotonic() < self.throttle_until:
+            self.throttled += 1
+            return self.throttle_answer
+        return None
 
     def answer(self, address: str) -> str | None:
         if address in self.by_recipient:
             return self.by_recipient[address]
         if address in self.refuse_first_attempt and address not in self.seen:
             self.seen.add(address)
-            return "421 4.7.0 try again later"
+            return "450 4.2.1 mailbox busy, try again later"
         return None
 
 
@@ -64,9 +79,18 @@ class _Handler:
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
+        self.box.faults.sessions += 1
         if self.box.pipelining:  # aiosmtpd reads pipelined commands in order but does not say so itself
             responses.insert(1, "250-PIPELINING")
         return responses
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        refusal = self.box.faults.throttling("mail")
+        if refusal:
+            return refusal
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         refusal = self.box.faults.answer(address)
@@ -76,11 +100,18 @@ class _Handler:
         return "250 OK"
 
     async def handle_DATA(self, server, session, envelope):
-        if self.box.faults.data_delay:
-            await asyncio.sleep(self.box.faults.data_delay)
+        faults = self.box.faults
+        if faults.delay:
+            faults.busy += 1
+            faults.most_busy = max(faults.most_busy, faults.busy)
+            await asyncio.sleep(faults.delay)
+            faults.busy -= 1
+        refusal = self.box.faults.throttling("data")
+        if refusal:
+            return refusal
         with self.box.lock:
             for recipient in envelope.rcpt_tos:
-                self.box.messages.append(Received(envelope.mail_from, [recipient], envelope.content))
+                self.box.messages.append(Received(envelope.mail_from, [recipient], envelope.content, time.monotonic()))
             self.box.arrived.notify_all()
         return "250 Message accepted"
 

@@ -54,7 +54,7 @@ def quick_retries(app, backend):
 
 
 def test_a_run_whose_last_batch_was_retried_finishes_with_the_retry(app, quick_retries, mailbox):
-    """421 for some readers: their batch is retried by Celery, and that retry finishes the run."""
+    """450 for some readers: their batch is retried by Celery, and that retry finishes the run."""
     mailbox.faults.refuse_first_attempt = {"reader3@example.com", "reader17@example.com"}
     app.config["DIGEST_BATCH_SIZE"] = 10
     with app.app_context():

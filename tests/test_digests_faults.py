@@ -136,7 +136,7 @@ def test_heartbeat_keeps_a_slow_batch_longer_than_its_lease(app, workers, mailbo
     with app.app_context():
         app.config.update(DIGEST_BATCH_SIZE=100, DELIVERY_LEASE=3.0)
         ids = seed(100)
-        mailbox.faults.data_delay = 0.1
+        mailbox.faults.delay = 0.1
         posts.create("Drizzle", "Words.", "subscribers", True)
         workers(KEEPREADING_DELIVERY_LEASE="3")
         digest = runs.send_now()

@@ -7,7 +7,7 @@ import io
 from sqlalchemy import select
 
 from service.extensions import db
-from service.models import Subscriber
+from service.models import Event, Subscriber
 
 from .helpers import subscriber
 
@@ -78,7 +78,7 @@ def test_csv_export_round_trips_and_defuses_formulas(admin, app):
     [row] = list(csv.DictReader(io.StringIO(answer.get_data(as_text=True))))
     assert row["email"] == "x@example.org" and row["name"] == "'=HYPERLINK(1)" and row["status"] == "confirmed"
     again = admin.post("/subscribers/import", data=answer.get_data(), content_type="text/csv").get_json()
-    assert again == {"imported": 0, "unchanged": 1, "errors": []}
+    assert again == {"imported": 0, "unchanged": 1, "errors": [], "invalid": 0}
 
 
 def test_cli_import_and_export(runner, app, tmp_path):
@@ -122,7 +122,7 @@ def test_every_exported_cell_is_defused_and_an_export_reimports_as_the_same_addr
     with app.app_context():
         backend.clean()
     report = admin.post("/subscribers/import", data=exported, content_type="text/csv").get_json()
-    assert report == {"imported": 4, "unchanged": 0, "errors": []}
+    assert report == {"imported": 4, "unchanged": 0, "errors": [], "invalid": 0}
     assert {(row.email, row.name, row.status) for row in _all_subscribers(app)} == before
     # An apostrophe before a formula character is the spreadsheet's own escape: it is read as one.
     assert ("quote@example.org", "=already quoted", "confirmed") in before
@@ -133,3 +133,38 @@ def _all_subscribers(app) -> list[Subscriber]:
         rows = list(db.session.scalars(select(Subscriber)))
         db.session.expunge_all()
         return rows
+
+
+def test_a_large_import_goes_in_batches_and_lists_the_first_thousand_bad_rows(admin, app):
+    from service.readers import subscriber_csv
+
+    from .test_page_memory import Statements
+
+    rows = ["email,name,status"]
+    for n in range(2_500):
+        rows.append(f"bulk{n % 2_300}@example.org,Reader {n},{'confirmed' if n % 3 else 'pending'}")  # 200 twice
+        if n % 2 == 0:
+            rows.append(f"not an address {n},x,confirmed")
+    with Statements(app) as counted:
+        report = admin.post("/subscribers/import", data="\n".join(rows) + "\n", content_type="text/csv").get_json()
+    assert report["imported"] == 2_300 and report["unchanged"] == 200 and report["invalid"] == 1_250
+    assert len(report["errors"]) == subscriber_csv.LISTED_ERRORS and report["errors"][0]["line"] == 3
+    assert counted.count < 40  # a few statements a batch of 1,000, not a few a row
+    with app.app_context():
+        confirmed = db.session.scalar(select(Subscriber).where(Subscriber.email == "bulk1@example.org"))
+        assert confirmed.status == "confirmed" and confirmed.confirmed_at and confirmed.digest_watermark
+        assert confirmed.token_key and confirmed.consent_source == "import"
+        events = db.session.scalars(select(Event.kind).where(Event.kind == "import")).all()
+        assert len(events) == 2_300
+        tokens = db.session.scalars(select(Subscriber.token_key)).all()
+        assert len(set(tokens)) == len(tokens)  # each row its own key
+
+
+def test_the_csv_export_streams(admin, app):
+    admin.post("/subscribers/import", data="email\n" + "".join(f"s{n}@example.org\n" for n in range(3_000)),
+               content_type="text/csv")
+    answer = admin.get("/subscribers?format=csv", buffered=False)
+    assert answer.is_streamed
+    chunks = list(answer.response)
+    assert len(chunks) > 1  # written as it is read, 64 KB at a time
+    assert "".join(chunk if isinstance(chunk, str) else chunk.decode() for chunk in chunks).count("\n") == 3_001

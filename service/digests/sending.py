@@ -14,6 +14,7 @@ import random
 import smtplib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import cast
@@ -195,8 +196,35 @@ def _send(digest: Digest, claimed: list[Claimed], heartbeat: Heartbeat) -> Outco
         else:
             work.append((row, reader, post_set))
     if work:
-        _send_all(digest, work, heartbeat, outcomes)
+        _send_on_connections(digest, work, heartbeat, outcomes)
     return outcomes
+
+
+def _send_on_connections(digest: Digest, work: list, heartbeat: Heartbeat, outcomes: Outcomes) -> None:
+    """SMTP_CONNECTIONS > 1: the work dealt out to that many threads, each sending on its own connection (they
+    wait on a distant server's answers, not on the CPU), their outcomes gathered into `outcomes`."""
+    count = min(current_app.config["SMTP_CONNECTIONS"], len(work))
+    if count <= 1:
+        _send_all(digest, work, heartbeat, outcomes)
+        return
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    for _, _, post_set in work:  # rendered here, in this session: the threads only read the digest's loaded columns
+        _mail(digest, post_set)
+    shares = [Outcomes() for _ in range(count)]
+
+    def run(index: int) -> None:
+        with app.app_context():
+            _send_all(digest, work[index::count], heartbeat, shares[index])
+
+    with ThreadPoolExecutor(count, thread_name_prefix="smtp") as pool:
+        list(pool.map(run, range(count)))
+    for share in shares:
+        outcomes.sent += share.sent
+        outcomes.unsent += share.unsent
+        for mine, theirs in ((outcomes.skipped, share.skipped), (outcomes.refused, share.refused),
+                             (outcomes.failed, share.failed), (outcomes.bounced, share.bounced)):
+            mine.update(theirs)
+        outcomes.trouble = outcomes.trouble or share.trouble
 
 
 def _readers(subscriber_ids: list[int]) -> dict[int, tuple[Reader, str]]:
@@ -232,7 +260,7 @@ def _send_all(digest: Digest, work: list, heartbeat: Heartbeat, outcomes: Outcom
                 continue
             try:
                 _send_one(transport, journal, from_address, message, row, reader, heartbeat, outcomes)
-            except (LeaseRunningOut, OSError, smtplib.SMTPException) as trouble:
+            except (LeaseRunningOut, OSError, smtplib.SMTPException, transports.DeliveryError) as trouble:
                 outcomes.trouble = f"{type(trouble).__name__}: {trouble}"[:500]
                 outcomes.unsent.extend(item[0].delivery_id for item in work[index:])
                 log.warning("digest %s: batch stopped (%s); %d left for later", digest.id, outcomes.trouble,
@@ -265,6 +293,8 @@ def _send_one(transport, journal, from_address: str, message: bytes, row: Claime
     except transports.DeliveryError as refusal:
         if handed_over:
             journal.retract(row.delivery_id)
+        if refusal.throttled:  # the server refuses whatever comes next for now: the rest wait, no attempt counted
+            raise
         reason = str(refusal)[:500]
         if refusal.permanent:
             outcomes.failed[row.delivery_id] = reason

@@ -1,5 +1,6 @@
-"""Transports that hand a message to the world: SMTP (one connection kept open, pipelined envelopes), or
-.eml files in the instance folder (the embedded default)."""
+"""Transports that hand a message to the world: SMTP (one connection kept open, pipelined envelopes, paced to
+SEND_RATE and renewed every SMTP_MESSAGES_PER_CONNECTION messages), or .eml files in the instance folder (the
+embedded default)."""
 from __future__ import annotations
 
 import email
@@ -17,18 +18,26 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from flask import current_app
 
+from . import pacing
+
 log = logging.getLogger(__name__)
 _UNSAFE_IN_PATH = re.compile(r"[<>\s]")
 ENVELOPE_ACCEPTS = ((250,), (250, 251), (354,))  # MAIL, RCPT, DATA
 _LINK = re.compile(r"""https?://[^\s"'<>]+""")
 
 
-class DeliveryError(Exception):
-    """The SMTP server refused a message: `code` says whether to retry (4xx) or give up (5xx)."""
+THROTTLING = (421, 454)  # "closing the channel" and SES' "Throttling failure": the server's state, at any step
 
-    def __init__(self, code: int, message: str = ""):
+
+class DeliveryError(Exception):
+    """The SMTP server refused a message: `code` says whether to retry (4xx) or give up (5xx); `throttled`, a
+    4xx about the server or the sender rather than this recipient (421, a 4xx to MAIL FROM or to the end of
+    data: a provider's rate or quota), says that the next messages would be refused too."""
+
+    def __init__(self, code: int, message: str = "", throttled: bool = False):
         super().__init__(f"{code} {message}".strip())
         self.code = code
+        self.throttled = throttled and not self.permanent or code in THROTTLING
 
     @property
     def permanent(self) -> bool:
@@ -36,9 +45,11 @@ class DeliveryError(Exception):
 
 
 def open_transport():
-    url = current_app.config.get("SMTP_URL")
-    if url:
-        return SMTPTransport(url, timeout=current_app.config.get("SMTP_TIMEOUT") or 10)
+    config = current_app.config
+    if config.get("SMTP_URL"):
+        return SMTPTransport(config["SMTP_URL"], timeout=config.get("SMTP_TIMEOUT") or 10,
+                             pacer=pacing.for_app(),
+                             messages_per_connection=config.get("SMTP_MESSAGES_PER_CONNECTION") or 0)
     return FileTransport(Path(current_app.instance_path) / "outbox")
 
 
@@ -86,9 +97,12 @@ def links_in(message: bytes) -> list[str]:
 
 
 class SMTPTransport:
-    """One SMTP connection kept open across sends, reopened when the server drops it."""
+    """One SMTP connection kept open across sends, reopened when the server drops it, and renewed (QUIT, then
+    a new one) after `messages_per_connection` messages when that is set; each message waits for its slot of
+    the shared send rate when `pacer` is given."""
 
-    def __init__(self, url: str, timeout: float = 30):
+    def __init__(self, url: str, timeout: float = 30, pacer: pacing.RedisPacer | pacing.LocalPacer | None = None,
+                 messages_per_connection: int = 0):
         parts = urlsplit(url)
         if parts.scheme not in ("smtp", "smtps"):
             raise ValueError("KEEPREADING_SMTP_URL must start with smtp:// or smtps://")
@@ -99,6 +113,9 @@ class SMTPTransport:
         self.password = unquote(parts.password) if parts.password else None
         self.starttls = parse_qs(parts.query).get("starttls", ["0"])[0] in ("1", "true", "yes")
         self.timeout = timeout
+        self.pacer = pacer
+        self.messages_per_connection = messages_per_connection
+        self.on_connection = 0  # messages the server took on this connection
         self.connection: smtplib.SMTP | None = None
 
     def connect(self) -> smtplib.SMTP:
@@ -118,10 +135,22 @@ class SMTPTransport:
             if self.username:
                 connection.login(self.username, self.password or "")
             self.connection = connection
+            self.on_connection = 0
         return self.connection
+
+    def _taken(self) -> None:
+        """One more message on this connection; past the limit, QUIT so that the next opens a new one."""
+        self.on_connection += 1
+        if self.messages_per_connection and self.on_connection >= self.messages_per_connection:
+            self.close()
+
+    def _pace(self) -> None:
+        if self.pacer is not None:
+            self.pacer.wait()
 
     def send(self, from_addr: str, to_addrs: list[str], message: bytes) -> None:
         """Send once; on a dropped connection reconnect and send once more. Refusals raise DeliveryError."""
+        self._pace()
         for attempt in (1, 2):
             try:
                 refused = self.connect().sendmail(from_addr, to_addrs, message)
@@ -135,10 +164,11 @@ class SMTPTransport:
                 raise DeliveryError(code, _text(text)) from None
             except (smtplib.SMTPDataError, smtplib.SMTPSenderRefused) as exc:
                 self._reset()
-                raise DeliveryError(exc.smtp_code, _text(exc.smtp_error)) from None
+                raise DeliveryError(exc.smtp_code, _text(exc.smtp_error), throttled=True) from None
             if refused:
                 code, text = next(iter(refused.values()))
                 raise DeliveryError(code, _text(text))
+            self._taken()
             return
 
     def deliver(self, from_addr: str, to_addr: str, message: bytes, commit) -> None:
@@ -146,6 +176,7 @@ class SMTPTransport:
         "." that makes the server take it, so the caller can record the hand-over first (and raise to
         abandon it: the server then drops the unfinished message). Refusals raise DeliveryError; a
         connection lost after the "." raises SMTPServerDisconnected, the message then probably taken."""
+        self._pace()
         connection = self._ready_for_data(from_addr, to_addr)
         try:
             connection.send(_dot_stuffed(message))
@@ -156,7 +187,10 @@ class SMTPTransport:
         connection.send(b".\r\n")
         code, reply = connection.getreply()
         if code != 250:
-            raise DeliveryError(code, _text(reply))
+            if code == 421:
+                self._drop()
+            raise DeliveryError(code, _text(reply), throttled=True)
+        self._taken()
 
     def _ready_for_data(self, from_addr: str, to_addr: str) -> smtplib.SMTP:
         """MAIL, RCPT and DATA answered 354; a connection the server had dropped is reopened once."""
@@ -185,14 +219,15 @@ class SMTPTransport:
                 if replies[-1][0] not in accepted:
                     break
         # replies stops at the first refusal when the commands went one by one
-        refusal = next(((code, reply) for (code, reply), accepted in zip(replies, ENVELOPE_ACCEPTS, strict=False)
-                        if code not in accepted), None)
+        refusal = next(((step, code, reply) for step, ((code, reply), accepted)
+                        in enumerate(zip(replies, ENVELOPE_ACCEPTS, strict=False)) if code not in accepted), None)
         if refusal is not None:
-            if refusal[0] == 421 or replies[-1][0] == 354:  # the server is closing, or waits for content
+            step, code, reply = refusal
+            if code == 421 or replies[-1][0] == 354:  # the server is closing, or waits for content
                 self._drop()
             else:
                 self._reset()
-            raise DeliveryError(refusal[0], _text(refusal[1]))
+            raise DeliveryError(code, _text(reply), throttled=step != 1)  # only RCPT's answer is about the reader
 
     def _drop(self) -> None:
         """Close without QUIT: an unfinished DATA is discarded by the server."""

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 from flask import g, has_request_context
 from slugify import slugify
-from sqlalchemy import func, select
+from sqlalchemy import func, select, tuple_
 
 from ..errors import Conflict, NotFound, ValidationError
 from ..extensions import db
@@ -16,6 +16,7 @@ from . import content, memory, publication
 
 SLUG = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 FIELDS = {"title", "body", "visibility", "published", "slug", "scheduled_at"}
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 TEASER_WARNING_SHARE = 0.5  # a gated teaser past half of the words is "most of it"
 # The four access modes as the publisher reads them (README "Access modes").
 VISIBILITY_LABELS = {
@@ -163,6 +164,64 @@ def latest(excluding: int | None = None, count: int = 5) -> list[Listed]:
 def published(limit: int | None = None) -> list[Post]:
     query = select(Post).where(Post.published.is_(True)).order_by(Post.published_at.desc(), Post.id.desc())
     return list(db.session.scalars(query.limit(limit)))
+
+
+def in_sitemap() -> list[tuple[str, datetime]]:
+    """(slug, updated_at) of every published post: the sitemap reads no post bodies."""
+    return [(row.slug, row.updated_at) for row in db.session.execute(
+        select(Post.slug, Post.updated_at).where(Post.published.is_(True))
+        .order_by(Post.published_at.desc(), Post.id.desc()))]
+
+
+@dataclass(frozen=True)
+class ArchivePage:
+    """One page of the archive, newest first, with the cursors of the pages beside it (None: there is none)."""
+
+    posts: list[Post]
+    newer: str | None
+    older: str | None
+
+
+def cursor(post: Post) -> str:
+    """A post's place in the archive, `<microseconds since 1970>-<id>`: a link to the page before or after it
+    stays right while posts are added, edited or deleted."""
+    moment = post.published_at or EPOCH
+    moment = moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return f"{(moment - EPOCH) // timedelta(microseconds=1)}-{post.id}"
+
+
+def _place(value: str) -> tuple[datetime, int]:
+    try:
+        micros, post_id = (int(part) for part in value.split("-", 1))
+        return EPOCH + timedelta(microseconds=micros), post_id
+    except (ValueError, OverflowError, OSError):
+        raise NotFound("No such page of the archive.") from None
+
+
+def archive_page(before: str | None = None, after: str | None = None, size: int = 20) -> ArchivePage:
+    """The `size` published posts older than `before` (or newer than `after`, or the newest): a keyset page, so
+    page 500 costs what page 1 does."""
+    place = tuple_(Post.published_at, Post.id)
+    query = select(Post).where(Post.published.is_(True))
+    if after:
+        rows = list(db.session.scalars(query.where(place > _place(after))
+                                       .order_by(Post.published_at, Post.id).limit(size + 1)))
+        more_newer, rows = len(rows) > size, rows[:size][::-1]
+        more_older = bool(rows) and _exists(query.where(place < (rows[-1].published_at, rows[-1].id)))
+    else:
+        if before:
+            query = query.where(place < _place(before))
+        rows = list(db.session.scalars(query.order_by(Post.published_at.desc(), Post.id.desc()).limit(size + 1)))
+        more_older, rows = len(rows) > size, rows[:size]
+        more_newer = bool(before) and bool(rows) and _exists(
+            select(Post).where(Post.published.is_(True), place > (rows[0].published_at, rows[0].id)))
+    if (before or after) and not rows:
+        raise NotFound("No such page of the archive.")
+    return ArchivePage(rows, cursor(rows[0]) if more_newer else None, cursor(rows[-1]) if more_older else None)
+
+
+def _exists(query) -> bool:
+    return db.session.scalar(select(query.exists())) or False
 
 
 def every(title_contains: str | None = None) -> list[Post]:

@@ -6,8 +6,10 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import IO
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from ..errors import DomainError, ValidationError
 from ..extensions import db
@@ -17,6 +19,8 @@ from .addresses import clean_name, normalise_email
 
 COLUMNS = ["email", "name", "status", "subscribed_at"]
 IMPORTABLE = ("confirmed", "pending", "unsubscribed", "bounced")
+IMPORT_BATCH = 1000  # rows checked, inserted and committed together: memory stays flat whatever the file's size
+LISTED_ERRORS = 1000  # bad rows listed by line; past this many they are only counted
 # A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP "CSV Injection").
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 
@@ -25,10 +29,16 @@ _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "\uff1d", "\uff0b", "\uf
 class ImportReport:
     imported: int = 0
     unchanged: int = 0
-    errors: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)  # the first LISTED_ERRORS
+    invalid: int = 0  # every bad row
 
     def as_dict(self) -> dict:
-        return {"imported": self.imported, "unchanged": self.unchanged, "errors": self.errors}
+        return {"imported": self.imported, "unchanged": self.unchanged, "errors": self.errors, "invalid": self.invalid}
+
+    def error(self, line: int, message: str) -> None:
+        self.invalid += 1
+        if len(self.errors) < LISTED_ERRORS:
+            self.errors.append({"line": line, "message": message})
 
 
 def export(stream) -> int:
@@ -72,39 +82,67 @@ def export_text() -> str:
 
 def import_bytes(raw: bytes) -> ImportReport:
     """An uploaded file (API body or studio form): UTF-8, with or without a byte order mark."""
+    return import_binary(io.BytesIO(raw))
+
+
+def import_binary(stream: IO[bytes]) -> ImportReport:
+    """A file read as it comes (an upload Werkzeug spooled to disk, a file on disk): never whole in memory."""
+    text = io.TextIOWrapper(stream, encoding="utf-8-sig", newline="")
     try:
-        text = raw.decode("utf-8")
+        return import_stream(text)
     except UnicodeDecodeError:
-        raise ValidationError("the CSV must be UTF-8", field="file") from None
-    return import_text(text)
+        db.session.rollback()
+        raise ValidationError("the CSV must be UTF-8 (the rows before the first bad byte were imported)",
+                              field="file") from None
+    finally:
+        text.detach()  # the stream stays its owner's to close
 
 
 def import_text(text: str) -> ImportReport:
-    """Import rows; a bad row is reported with its line number and skipped, the others are kept."""
-    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    return import_stream(io.StringIO(text.lstrip("\ufeff"), newline=""))
+
+
+def import_stream(stream: IO[str]) -> ImportReport:
+    """Import rows, IMPORT_BATCH at a time (each batch committed); a bad row is reported with its line number and
+    skipped, the others are kept."""
+    reader = csv.DictReader(stream)
     if not reader.fieldnames or "email" not in [name.strip().lower() for name in reader.fieldnames]:
         raise ValidationError("the CSV needs a header row with at least an 'email' column", field="file")
     report = ImportReport()
+    batch: list[tuple[str, str, str, datetime]] = []
     for row in reader:
         cells = {(k or "").strip().lower(): _restored((v or "").strip()) for k, v in row.items() if k}
-        _import_row(cells, reader.line_num, report)
-    db.session.commit()
+        checked = _checked_row(cells, reader.line_num, report)
+        if checked:
+            batch.append(checked)
+        if len(batch) >= IMPORT_BATCH:
+            _import_batch(batch, report)
+            batch = []
+    _import_batch(batch, report)
     return report
 
 
-def _import_row(row: dict, line: int, report: ImportReport) -> None:
+def _checked_row(row: dict, line: int, report: ImportReport) -> tuple[str, str, str, datetime] | None:
     try:
-        email = normalise_email(row.get("email"))
-        name = clean_name(row.get("name", ""))
-        status = _status(row.get("status", ""))
-        subscribed_at = _moment(row.get("subscribed_at", ""))
+        return (normalise_email(row.get("email")), clean_name(row.get("name", "")), _status(row.get("status", "")),
+                _moment(row.get("subscribed_at", "")))
     except DomainError as error:
-        report.errors.append({"line": line, "message": error.message})
-        return
-    if subscriptions.add_imported(email, name, status, subscribed_at):
-        report.imported += 1
-    else:
-        report.unchanged += 1
+        report.error(line, error.message)
+        return None
+
+
+def _import_batch(batch: list[tuple[str, str, str, datetime]], report: ImportReport) -> None:
+    for attempt in range(3):
+        try:
+            added = subscriptions.add_imported_many(batch) if batch else set()
+            db.session.commit()
+            break
+        except IntegrityError:  # someone signed up with one of these addresses in between: read them again
+            db.session.rollback()
+            if attempt == 2:
+                raise
+    report.imported += len(added)
+    report.unchanged += len(batch) - len(added)
 
 
 def _status(value: str) -> str:

@@ -7,14 +7,14 @@ from datetime import datetime, timedelta
 from typing import cast
 
 from flask import current_app
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import CursorResult, Table, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import tokens
 from ..errors import Conflict, InvalidToken, LinkUsed, TokenExpired, ValidationError
 from ..extensions import db
 from ..mail import outbox
-from ..models import FREQUENCIES, STATUSES, Event, OutboxEmail, Subscriber, utcnow
+from ..models import FREQUENCIES, STATUSES, Event, OutboxEmail, Subscriber, new_token_key, utcnow
 from . import abuse, access, subscriber_list
 from .access import READING_STATUSES
 from .addresses import clean_name, normalise_email, one_line, safe_next, source_text
@@ -322,6 +322,32 @@ def add_imported(email: str, name: str, status: str, subscribed_at: datetime) ->
     db.session.flush()
     db.session.add(Event(kind="import", subscriber_id=subscriber.id, data={"status": status}))
     return True
+
+
+def add_imported_many(rows: list[tuple[str, str, str, datetime]]) -> set[str]:
+    """Rows from the publisher's CSV as add_imported takes them, in a few statements (one SELECT, one INSERT of the
+    subscribers, one of their events); the addresses added. Those already known, or twice in `rows`, are left."""
+    known = set(db.session.scalars(select(Subscriber.email).where(Subscriber.email.in_([row[0] for row in rows]))))
+    new: dict[str, dict] = {}
+    now = utcnow()
+    for email, name, status, subscribed_at in rows:
+        if email in known or email in new:
+            continue
+        values = {"email": email, "name": name, "status": status, "frequency": "default", "created_at": subscribed_at,
+                  "consent_at": subscribed_at, "consent_source": "import", "token_key": new_token_key(),
+                  "confirmed_at": None, "unsubscribed_at": None, "bounced_at": None, "digest_watermark": None}
+        if status in STAMPS:
+            values[STAMPS[status]] = subscribed_at
+        if status == "confirmed":
+            values["digest_watermark"] = now  # their first digest starts now, not with the whole archive
+        new[email] = values
+    if new:
+        table = cast(Table, Subscriber.__table__)  # Core: the ORM would split the rows into one INSERT per run of like NULLs
+        db.session.execute(insert(table), list(new.values()))
+        added = db.session.execute(select(Subscriber.id, Subscriber.status).where(Subscriber.email.in_(list(new))))
+        db.session.execute(insert(Event), [{"kind": "import", "subscriber_id": subscriber_id, "created_at": now,
+                                            "data": {"status": status}} for subscriber_id, status in added])
+    return set(new)
 
 
 def as_dict(subscriber: Subscriber) -> dict:

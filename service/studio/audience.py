@@ -98,7 +98,7 @@ def import_subscribers():
     upload = request.files.get("file")
     if upload is None or not upload.filename:
         raise ValidationError("Choose a CSV file to import.", field="file")
-    report = subscriber_csv.import_bytes(upload.read())
+    report = subscriber_csv.import_binary(upload.stream)
     return render_template("studio/subscribers_import.html", report=report, filename=upload.filename)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hmac
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, jsonify, request, stream_with_context
 from sqlalchemy import select
 
 from ..digests import runs
@@ -122,7 +122,7 @@ def list_subscribers():
     """Subscribers, newest first: keyset pages with ?after=<id> (next_after in each answer; A to Z with ?q=), numbered
     pages with ?page=N (and the total), or every one as CSV with ?format=csv. ?status= and ?q= (the address's start) filter."""
     if request.args.get("format") == "csv":
-        return subscriber_csv.export_text(), 200, {
+        return stream_with_context(subscriber_csv.export_chunks()), 200, {
             "Content-Type": "text/csv; charset=utf-8",
             "Content-Disposition": 'attachment; filename="subscribers.csv"',
         }
@@ -145,7 +145,7 @@ def import_subscribers():
     """A CSV (columns email,name,status,subscribed_at) as the body or as the multipart field `file`."""
     request.max_content_length = 20 * 1024 * 1024  # a whole list, not a form
     upload = request.files.get("file")
-    return jsonify(subscriber_csv.import_bytes(upload.read() if upload else request.get_data()).as_dict())
+    return jsonify(subscriber_csv.import_binary(upload.stream if upload else request.stream).as_dict())
 
 
 @bp.get("/stats")

@@ -143,6 +143,7 @@ SCHEMAS: dict = {
         "next_after": {"type": ["integer", "null"], "description": "?after= for the next page; null on the last"}}},
     "ImportReport": {"type": "object", "properties": {
         "imported": {"type": "integer"}, "unchanged": {"type": "integer"},
+        "invalid": {"type": "integer", "description": "bad rows; the first 1,000 are listed in errors"},
         "errors": {"type": "array", "items": {"type": "object", "properties": {
             "line": {"type": "integer"}, "message": {"type": "string"}}}}}},
 }

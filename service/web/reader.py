@@ -16,6 +16,7 @@ from ..readers import access
 from .headers import private
 
 bp = Blueprint("reader", __name__)
+ARCHIVE_PAGE_SIZE = 20
 # Each feed entry says what kind of post it is: popup posts are public by nature, and carry their full text.
 FEED_LABELS = {
     "public": "Free to read",
@@ -27,8 +28,11 @@ FEED_LABELS = {
 
 @bp.get("/")
 def archive():
+    """The archive, ARCHIVE_PAGE_SIZE posts a page: `/?before=<cursor>` older, `/?after=<cursor>` newer."""
     signed_in = access.session_status() is not None
-    return private(make_response(_kept(("archive", signed_in), lambda: _archive_page(signed_in))))
+    before, after = request.args.get("before") or None, request.args.get("after") or None
+    key = ("archive", signed_in, before, after)
+    return private(make_response(_kept(key, lambda: _archive_page(signed_in, before, after))))
 
 
 @bp.get("/p/<slug>")
@@ -93,8 +97,10 @@ def _meter_notice(meter: access.Meter | None, allowed: bool) -> str | None:
     return f"{meter.left} of {articles} left this month."
 
 
-def _archive_page(signed_in: bool) -> str:
-    return render_template("archive.html", posts=posts.published(), signed_in_reader=signed_in)
+def _archive_page(signed_in: bool, before: str | None, after: str | None) -> str:
+    page = posts.archive_page(before, after, ARCHIVE_PAGE_SIZE)
+    return render_template("archive.html", page=page, posts=page.posts, signed_in_reader=signed_in,
+                           first_page=not (before or after))
 
 
 def _kept(key, build) -> str:
@@ -116,7 +122,7 @@ def feed():
 
 @bp.get("/sitemap.xml")
 def sitemap():
-    body = render_template("sitemap.xml", posts=posts.published())
+    body = render_template("sitemap.xml", posts=posts.in_sitemap())
     response = make_response(body)
     response.headers["Content-Type"] = "application/xml; charset=utf-8"
     response.headers["Cache-Control"] = "public, max-age=300"
