@@ -60,9 +60,11 @@ def test_a_page_from_memory_gets_a_fresh_nonce_each_time(app, client):
 
     app.add_url_rule("/kept", "kept", lambda: memory.remember("kept-page", kept_page))
     app.extensions["page_memory"].seconds = 60
-    client.get("/kept")  # the first request also writes the publication's settings row, which empties the memory
+    for _ in range(2):  # rendered, kept (a settings row written on the way would empty the memory once)
+        client.get("/kept")
+    rendered = len(renders)
     answers = [client.get("/kept") for _ in range(3)]
-    assert len(renders) == 2  # the page was rendered again once, then came from memory
+    assert rendered in (1, 2) and len(renders) == rendered  # the three answers came from memory
     nonces = [NONCE_ATTRIBUTE.findall(answer.data)[0].decode() for answer in answers]
     assert len(set(nonces)) == 3
     for answer, nonce in zip(answers, nonces, strict=True):
