@@ -23,6 +23,8 @@ HOST = "127.0.0.1"
 
 def main() -> None:
     signal.signal(signal.SIGTERM, _stop)
+    # Ctrl-C stops it even when started from a background job, where the shell hands it SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     port = int(os.environ.get("PORT", "5000"))
     listener = _listen(port)
     instance = config.instance_path()
