@@ -198,6 +198,7 @@ def _answers(url: str) -> bool:
         return False
 
 
+@pytest.mark.flaky(reruns=1)  # timing under load on 2 cores: one rerun, reported by pytest as a rerun
 def test_mixed_traffic_during_a_digest_run_then_the_database_away(stack, mailbox_server):
     _, postgres, scenario, url = stack
     from service.digests import runs
