@@ -6,12 +6,10 @@ PostgreSQL stops for 20 s under the same load: pages answer 503 (never 500), no 
 and everything resumes by itself."""
 from __future__ import annotations
 
-import importlib.util
 import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +22,8 @@ import requests
 from sqlalchemy import insert, select
 
 from .conftest import REDIS_URL, need_server, redis_problem, wait_until
+from .entrypoints import free_port
+from .test_chaos import harness as chaos_harness
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,22 +31,6 @@ SUBSCRIBERS = int(os.environ.get("KEEPREADING_TEST_LOAD_SUBSCRIBERS", "2000"))
 LOAD_SECONDS = float(os.environ.get("KEEPREADING_TEST_LOAD_SECONDS", "60"))
 CONNECTIONS = 16
 LINK = re.compile(rb"https?://[^\s\"'<>]+/(confirm|unsubscribe)/([A-Za-z0-9_.\-=]+)")
-
-
-def chaos():
-    spec = importlib.util.spec_from_file_location("chaos", ROOT / "bench" / "chaos.py")
-    assert spec and spec.loader
-    module = sys.modules.get("chaos") or importlib.util.module_from_spec(spec)
-    if "chaos" not in sys.modules:
-        sys.modules["chaos"] = module  # dataclasses look their module up there
-        spec.loader.exec_module(module)
-    return module
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Traffic:
@@ -153,7 +137,7 @@ class Traffic:
 @pytest.fixture
 def stack(tmp_path, mailbox_server):
     """A private PostgreSQL, the app on gunicorn, two workers and beat; yields what the test needs."""
-    harness = chaos()
+    harness = chaos_harness()
     if not list(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or shutil.which("gunicorn", path=str(Path(sys.executable).parent)) is None:
         need_server("PostgreSQL's binaries and gunicorn", "missing")
     need_server("Redis", redis_problem())
