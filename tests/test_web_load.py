@@ -235,12 +235,17 @@ def test_mixed_traffic_during_a_digest_run_then_the_database_away(stack, mailbox
         wait_until(lambda: db.session.get(Digest, digest_id) and _finished(db, Digest, digest_id), 240,
                    "the digest run did not settle")
         # no half-written signup: every pending subscriber has its confirmation email in the outbox
-        pending = set(db.session.scalars(select(Subscriber.email).where(Subscriber.status == "pending")))
+        status = dict(db.session.execute(select(Subscriber.email, Subscriber.status)).all())
+        pending = {email for email, state in status.items() if state == "pending"}
         with_mail = set(db.session.scalars(select(Subscriber.email).join(OutboxEmail, OutboxEmail.subscriber_id == Subscriber.id)
                                            .where(OutboxEmail.kind == "confirm")))
         db.session.remove()
     assert pending <= with_mail
-    assert accepted <= pending | traffic.confirmed | away.confirmed
+    # every accepted signup is stored; a confirmation answered 200/303 holds. (A confirmation can also be stored
+    # while its answer is a 503: the commit reached PostgreSQL but its acknowledgement did not reach the app
+    # as the server stopped, so the database, not the client's tally, says who is confirmed.)
+    assert accepted <= set(status), sorted(accepted - set(status))[:5]
+    assert not {email for email in traffic.confirmed | away.confirmed if status.get(email) == "pending"}
 
     def confirmations() -> Counter:
         with mailbox_server.lock:
