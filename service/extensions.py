@@ -95,6 +95,7 @@ def celery_settings(config) -> dict:
                                 "schedule": float(config.get("RECOVERY_CHECK_SECONDS") or 15.0)},
             "flush-outbox": {"task": "service.tasks.flush_outbox", "schedule": 60.0},
             "prune-deliveries": {"task": "service.tasks.prune_deliveries", "schedule": 3600.0},
+            "sweep-studio-sessions": {"task": "service.tasks.sweep_studio_sessions", "schedule": 3600.0},
             "roll-up-stats": {"task": "service.tasks.roll_up_stats", "schedule": 60.0},
             "publish-scheduled-posts": {"task": "service.tasks.publish_scheduled_posts",
                                         "schedule": float(config.get("PUBLISH_CHECK_SECONDS") or 60.0)},

@@ -71,6 +71,14 @@ def prune_deliveries() -> int:
     return runs.prune()
 
 
+@shared_task(name="service.tasks.sweep_studio_sessions")
+def sweep_studio_sessions() -> int:
+    """Beat, hourly: delete studio sessions past STUDIO_IDLE_TIMEOUT or STUDIO_SESSION_MAX_AGE."""
+    from .studio import staff
+
+    return staff.sweep_sessions()
+
+
 @shared_task(name="service.tasks.publish_scheduled_posts")
 def publish_scheduled_posts() -> list[str]:
     """Beat: publish the posts whose scheduled time has come (their digest follows the usual cadence)."""

@@ -227,6 +227,28 @@ def test_an_idle_session_ends(app, client):
         assert client.get("/studio/").status_code == 303
 
 
+def test_the_hourly_sweep_deletes_only_sessions_that_ended(app, client):
+    from service import tasks
+
+    make_staff(app)
+    Publisher(client).sign_in()  # stays in use
+    other = app.test_client()
+    Publisher(other).sign_in()  # left open, never used again
+    idle = app.config["STUDIO_IDLE_TIMEOUT"]
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(StudioSession)) == 2
+    with time_machine.travel(timedelta(seconds=idle - 60), tick=False):
+        assert client.get("/studio/").status_code == 200
+    with time_machine.travel(timedelta(seconds=idle + 60), tick=False), app.app_context():
+        assert tasks.sweep_studio_sessions.apply().get() == 1  # the idle one, not the one seen a minute ago
+        db.session.remove()
+    with time_machine.travel(timedelta(seconds=idle + 60), tick=False):
+        assert client.get("/studio/").status_code == 200
+        assert other.get("/studio/").status_code == 303
+    with app.app_context():
+        assert db.session.scalar(select(func.count()).select_from(StudioSession)) == 1
+
+
 def test_sign_in_returns_to_the_studio_page_asked_for_and_only_there(app, client):
     make_staff(app)
     asked = client.get("/studio/posts?q=harbour")

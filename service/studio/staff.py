@@ -5,11 +5,12 @@ import hashlib
 import secrets
 from datetime import timedelta
 from functools import lru_cache
+from typing import cast
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from flask import current_app
-from sqlalchemy import delete, func, select
+from sqlalchemy import CursorResult, delete, func, select
 
 from .. import tokens
 from ..errors import Conflict, DomainError, InvalidToken, NotFound, ValidationError
@@ -188,6 +189,17 @@ def staff_for_session(token: str | None) -> Staff | None:
         row.last_seen_at = now
         db.session.commit()
     return staff
+
+
+def sweep_sessions() -> int:
+    """Delete the sessions past their idle timeout or maximum age (beat, hourly): a browser that never came
+    back leaves no row behind. Returns how many ended."""
+    now, config = utcnow(), current_app.config
+    ended = cast(CursorResult, db.session.execute(delete(StudioSession).where(
+        (StudioSession.last_seen_at < now - timedelta(seconds=config["STUDIO_IDLE_TIMEOUT"]))
+        | (StudioSession.created_at < now - timedelta(seconds=config["STUDIO_SESSION_MAX_AGE"]))))).rowcount
+    db.session.commit()
+    return ended
 
 
 def end_session(token: str | None) -> None:
