@@ -2,16 +2,17 @@
 once, also when the worker is SIGKILLed mid-drain."""
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 
 from service import tasks
 from service.extensions import db
-from service.mail import outbox
+from service.mail import commits, outbox
 from service.models import OutboxEmail, Subscriber, utcnow
 
 from .conftest import wait_until
@@ -93,6 +94,72 @@ def test_a_refusal_mid_batch_retries_that_row_and_a_lost_server_releases_the_res
         assert all(row.sent_at is None and row.error and row.lease_until > utcnow() for row in rows.values())
         assert sorted(row.attempts for row in rows.values()) == [0, 0, 0, 0, 1]
     assert len(per_recipient(mailbox)) == 18
+
+
+def test_a_mark_is_committed_once_the_dot_is_written_and_its_answer_read_after(app, backend):
+    """On PostgreSQL the mark's COMMIT is written before the "." and held by the kernel until `release` (right
+    after the "."); its answer is read by `settle`."""
+    with app.app_context(), db.engine.connect() as other:
+        [outbox_id] = seed_confirmations(1)
+        error = select(OutboxEmail.error).where(OutboxEmail.id == outbox_id)
+        db.session.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id).values(error="marked"))
+        mark = commits.send()
+        if backend.name == "postgresql":
+            assert isinstance(mark, commits.HeldCommit) and mark.corked is not None
+            assert other.scalar(error) is None  # held (for at most 200 ms)
+            other.rollback()
+            mark.release()
+            wait_until(lambda: other.scalar(error) == "marked" or other.rollback(), 5, "the COMMIT was not sent")
+        else:
+            assert isinstance(mark, commits.Committed)
+        mark.settle()
+        assert not db.session().in_transaction()  # SQLAlchemy's transaction ended with psycopg's
+        assert db.session.scalar(error) == "marked"
+
+
+@pytest.fixture
+def refused_mark(app, backend):
+    """`refuse(outbox_id, how)`: PostgreSQL fails the COMMIT of that row's mark, with an error (`raise`) or by
+    ending the connection (`terminate`), after the mail's "." went out (a deferred trigger runs at COMMIT)."""
+    if backend.name != "postgresql":
+        pytest.skip("SQLite commits in the worker's own process: no answer comes after the end of data")
+
+    def refuse(outbox_id: int, how: str) -> None:
+        db.session.execute(text(f"""
+            CREATE FUNCTION refuse_mark() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF '{how}' = 'terminate' THEN
+                    PERFORM pg_terminate_backend(pg_backend_pid());
+                    PERFORM pg_sleep(5);
+                END IF;
+                RAISE EXCEPTION 'the mark of % refused', NEW.id;
+            END $$"""))
+        db.session.execute(text(f"""
+            CREATE CONSTRAINT TRIGGER refuse_mark AFTER UPDATE ON outbox DEFERRABLE INITIALLY DEFERRED
+            FOR EACH ROW WHEN (NEW.id = {outbox_id} AND NEW.sent_at IS NOT NULL) EXECUTE FUNCTION refuse_mark()"""))
+        db.session.commit()
+
+    yield refuse
+    with app.app_context():
+        db.session.execute(text("DROP TRIGGER IF EXISTS refuse_mark ON outbox"))
+        db.session.execute(text("DROP FUNCTION IF EXISTS refuse_mark()"))
+        db.session.commit()
+
+
+@pytest.mark.parametrize("how", ["raise", "terminate"])
+def test_a_mark_refused_after_the_dot_leaves_its_mail_sent_and_its_row_claimed(app, mailbox, own_queue, refused_mark,
+                                                                               how, caplog):
+    with app.app_context():
+        ids = seed_confirmations(3)
+        refused_mark(ids[1], how)
+        with caplog.at_level(logging.WARNING, logger="service.mail.outbox"):
+            assert outbox.drain() == 3  # the server took all three
+        rows = {row.id: row for row in db.session.scalars(select(OutboxEmail))}
+    assert len(per_recipient(mailbox)) == 3
+    assert rows[ids[0]].sent_at and rows[ids[2]].sent_at  # the session went on (on a new connection when the old one ended)
+    # handed over, not marked: its claim runs out and it is sent again, the one case where a reader may get it twice
+    assert rows[ids[1]].sent_at is None and rows[ids[1]].lease_until is not None
+    assert f"outbox email {ids[1]}: handed over, its mark unconfirmed" in caplog.text
 
 
 def test_a_burst_of_signups_all_confirmed_once_through_the_worker(app, client, worker, mailbox):
