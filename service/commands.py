@@ -1,6 +1,7 @@
 """CLI commands on the `keepreading` group: posts, subscribers, digests, demo content and studio staff."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import click
@@ -9,7 +10,7 @@ from flask.cli import AppGroup, with_appcontext
 from sqlalchemy import func, select
 
 from .errors import DomainError
-from .extensions import db
+from .extensions import create_broker_tables, db
 from .models import VISIBILITIES, Digest, Post
 from .publishing import demo, posts
 from .readers import subscriber_csv
@@ -25,10 +26,26 @@ def register(app: Flask) -> None:
 def every_command() -> list[click.Command]:
     """The project's commands. The `keepreading` script lists them without building the app (which needs a
     secret and an instance folder), so a new command goes here, not only onto app.cli."""
-    from flask_migrate.cli import db as migrations_group
-
-    return [posts_group, demo_command, digest_group, subscribers_group, staff_group, migrations_group,
+    return [posts_group, demo_command, digest_group, subscribers_group, staff_group, _migrations_group(),
             backup_command, restore_command]
+
+
+def _migrations_group() -> click.Group:
+    """Flask-Migrate's `db` group, whose `upgrade` also makes the embedded broker's tables."""
+    from flask_migrate.cli import db as migrations
+    from flask_migrate.cli import upgrade as upgrade_schema
+
+    @click.command("upgrade", params=upgrade_schema.params, help=upgrade_schema.help)
+    @click.pass_context
+    @with_appcontext
+    def upgrade(context: click.Context, **options) -> None:
+        context.invoke(upgrade_schema, **options)
+        if not options["sql"]:  # --sql only prints the migrations' SQL
+            create_broker_tables(current_app.extensions["celery"])
+
+    group = copy.copy(migrations)
+    group.commands = {**migrations.commands, "upgrade": upgrade}
+    return group
 
 
 @click.group("posts", cls=AppGroup, help="Publish and list posts.")

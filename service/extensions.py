@@ -12,6 +12,7 @@ from flask_limiter.util import get_remote_address
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
+from kombu import Queue
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase
@@ -59,6 +60,16 @@ def celery_init_app(app: Flask) -> Celery:
     celery.set_default()
     app.extensions["celery"] = celery
     return celery
+
+
+def create_broker_tables(celery: Celery) -> None:
+    """The embedded broker (kombu's database transport) makes its tables, and a queue's row, when a process
+    first uses it, and a fresh install's first concurrent enqueues race there (a CREATE TABLE or the queue's
+    INSERT fails in one process, and its enqueue with it): `db upgrade` makes both beforehand. kombu names its
+    tables from the transport's options, so its own channel makes them (create_all, then the row if missing)."""
+    if celery.conf.broker_url.startswith("sqla+"):
+        with celery.connection_for_write() as connection:
+            Queue(celery.conf.task_default_queue, channel=connection.default_channel).declare()
 
 
 def _polling_step(interval: float) -> type:

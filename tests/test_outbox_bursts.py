@@ -2,16 +2,18 @@
 once, also when the worker is SIGKILLed mid-drain."""
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections import Counter
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 
 from service import tasks
 from service.extensions import db
-from service.mail import outbox
+from service.mail import commits, outbox
 from service.models import OutboxEmail, Subscriber, utcnow
 
 from .conftest import wait_until
@@ -95,6 +97,70 @@ def test_a_refusal_mid_batch_retries_that_row_and_a_lost_server_releases_the_res
     assert len(per_recipient(mailbox)) == 18
 
 
+def test_a_mark_is_committed_once_the_dot_is_written_and_its_answer_read_after(app, backend):
+    """On PostgreSQL the mark's COMMIT is written before the "." and held by the kernel until `release` (right
+    after the "."); its answer is read by `settle`."""
+    with app.app_context(), db.engine.connect() as other:
+        [outbox_id] = seed_confirmations(1)
+        error = select(OutboxEmail.error).where(OutboxEmail.id == outbox_id)
+        db.session.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id).values(error="marked"))
+        mark = commits.send()
+        if backend.name == "postgresql":
+            assert isinstance(mark, commits.HeldCommit) and mark.corked is not None
+            assert other.scalar(error) is None  # held (for at most 200 ms)
+            other.rollback()
+            mark.release()
+            wait_until(lambda: other.scalar(error) == "marked" or other.rollback(), 5, "the COMMIT was not sent")
+        else:
+            assert isinstance(mark, commits.Committed)
+        mark.settle()
+        assert not db.session().in_transaction()  # SQLAlchemy's transaction ended with psycopg's
+        assert db.session.scalar(error) == "marked"
+
+
+@pytest.fixture
+def at_commit(app):
+    """`at_commit(name, when, body)`: PostgreSQL runs the PL/pgSQL `body` for each outbox row updated to match
+    `when` as its transaction commits (a deferred trigger), until the test ends."""
+    names: list[str] = []
+
+    def install(name: str, when: str, body: str) -> None:
+        db.session.execute(text(f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN {body} "
+                                "RETURN NULL; END $$"))
+        db.session.execute(text(f"CREATE CONSTRAINT TRIGGER {name} AFTER UPDATE ON outbox DEFERRABLE INITIALLY "
+                                f"DEFERRED FOR EACH ROW WHEN ({when}) EXECUTE FUNCTION {name}()"))
+        db.session.commit()
+        names.append(name)
+
+    yield install
+    with app.app_context():
+        for name in names:
+            db.session.execute(text(f"DROP TRIGGER {name} ON outbox"))
+            db.session.execute(text(f"DROP FUNCTION {name}()"))
+        db.session.commit()
+
+
+@pytest.mark.parametrize("refusal", [
+    "RAISE EXCEPTION 'the mark of % refused', NEW.id;",
+    "PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5);",  # the connection ends instead
+])
+def test_a_mark_refused_after_the_dot_leaves_its_mail_sent_and_its_row_claimed(app, backend, mailbox, own_queue,
+                                                                               at_commit, refusal, caplog):
+    if backend.name != "postgresql":
+        pytest.skip("SQLite commits in the worker's own process: no answer comes after the end of data")
+    with app.app_context():
+        ids = seed_confirmations(3)
+        at_commit("refuse_mark", f"NEW.id = {ids[1]} AND NEW.sent_at IS NOT NULL", refusal)
+        with caplog.at_level(logging.WARNING, logger="service.mail.outbox"):
+            assert outbox.drain() == 3  # the server took all three
+        rows = {row.id: row for row in db.session.scalars(select(OutboxEmail))}
+    assert len(per_recipient(mailbox)) == 3
+    assert rows[ids[0]].sent_at and rows[ids[2]].sent_at  # the session went on (on a new connection when the old one ended)
+    # handed over, not marked: its claim runs out and it is sent again, the one case where a reader may get it twice
+    assert rows[ids[1]].sent_at is None and rows[ids[1]].lease_until is not None
+    assert f"outbox email {ids[1]}: handed over, its mark unconfirmed" in caplog.text
+
+
 def test_a_burst_of_signups_all_confirmed_once_through_the_worker(app, client, worker, mailbox):
     count = 120
     for n in range(count):
@@ -130,20 +196,33 @@ def own_workers(app, backend):
         process.stop()
 
 
+# Mails at the sink when each worker is killed, and a pause of a few milliseconds before the kill so that the
+# kills land at different points of a mail's hand-over (the claim, the render, the mark, the end of data).
+KILLS = [(100 * n, n / 1000) for n in range(1, 9)]
+
+
 @pytest.mark.slow
-def test_worker_killed_mid_drain_then_each_confirmation_arrives_once(app, own_workers, mailbox):
+@pytest.mark.flaky(reruns=1)  # a kill in the microseconds between the mark's COMMIT and the "."; see below
+def test_workers_killed_mid_drain_then_each_confirmation_arrives_once(app, backend, own_workers, mailbox, at_commit):
     with app.app_context():
+        if backend.name == "postgresql":
+            # a COMMIT 2 ms longer, as with a database across a network or a synchronous standby: a third of
+            # each mail's time when the mark's answer was awaited before the "."
+            at_commit("slow_mark", "NEW.sent_at IS NOT NULL AND OLD.sent_at IS NULL", "PERFORM pg_sleep(0.002);")
         ids = seed_confirmations(1000)
         for outbox_id in ids:  # as the signups would: a task for each row, the first of them drains most
             tasks.send_outbox_email.delay(outbox_id)
-        first = own_workers()
-        mailbox.wait_for(outbox.DRAIN_BATCH * 2 + 30, timeout=120)  # mid-batch
-        first.kill()
-        at_kill = len(mailbox.messages)
-        claimed = db.session.scalar(select(func.count()).select_from(OutboxEmail).where(
-            OutboxEmail.sent_at.is_(None), OutboxEmail.lease_until.is_not(None)))
-        db.session.rollback()
-        second = own_workers()
+        at_kills, claimed = [], []
+        for sent_before_kill, pause in KILLS:
+            worker = own_workers()
+            mailbox.wait_for(sent_before_kill, timeout=120)
+            time.sleep(pause)
+            worker.kill()
+            at_kills.append(len(mailbox.messages))
+            claimed.append(db.session.scalar(select(func.count()).select_from(OutboxEmail).where(
+                OutboxEmail.sent_at.is_(None), OutboxEmail.lease_until.is_not(None))))
+            db.session.rollback()
+        last = own_workers()
 
         def settled() -> bool:
             outbox.flush()  # what beat does every minute: rows whose lease ran out are queued again
@@ -152,14 +231,24 @@ def test_worker_killed_mid_drain_then_each_confirmation_arrives_once(app, own_wo
             return unsent == 0
 
         wait_until(settled, 120, "outbox rows left unsent", interval=1)
-        assert second.alive
-    wait_until(lambda: len(mailbox.messages) >= len(ids) - 2, 30, "mails missing")
+        assert last.alive
+    with contextlib.suppress(AssertionError):  # the last marks may be a little ahead of their mails; a lost one never comes
+        mailbox.wait_for(len(ids), timeout=10)
     time.sleep(1)  # anything sent twice arrives by now
     counts = per_recipient(mailbox)
-    print(f"\noutbox kill test: {at_kill} mails at the sink when the worker was killed, {claimed} rows claimed "
-          f"and unsent then; {sum(counts.values())} mails for {len(counts)} of {len(ids)} readers")
-    assert at_kill < len(ids) - outbox.DRAIN_BATCH and claimed > 0
-    assert set(counts.values()) == {1}  # never twice
-    # Each row is marked sent just before the final "." of its DATA: a process killed after that commit and
-    # before the "." reached the server loses that one mail (one per pool process at most), never more.
-    assert len(counts) >= len(ids) - 2
+    lost, twice = len(ids) - len(counts), sum(count - 1 for count in counts.values())
+    print(f"\noutbox kill test: mails at the sink at each kill {at_kills}, rows claimed and unsent then {claimed}; "
+          f"{sum(counts.values())} mails for {len(counts)} of {len(ids)} readers: {lost} lost, {twice} sent twice")
+    assert at_kills[-1] < len(ids) - outbox.DRAIN_BATCH and all(claimed)  # each kill came mid-drain
+    assert twice == 0  # each row is marked sent before the final "." of its DATA
+    if backend.name == "postgresql":
+        # The mark's COMMIT is written (held by the kernel) just before the "." and its answer read after it: a
+        # process killed between the two writes dies in a few microseconds of no I/O. With the answer awaited
+        # before the ".", each of 12 runs lost 2 to 9 mails; now none in 19. A kill can still land in those
+        # microseconds (one mail in 2 runs of 44 of an earlier version of this test), hence the one rerun.
+        assert lost == 0
+    else:
+        # SQLite's commit sticks when its WAL frames are written, then syncs the WAL to disk (0.2 ms, up to a
+        # millisecond on a busy machine) before the "." goes: a process killed in that sync loses its mail
+        # (one mail in 3 runs of 32 here), one a pool process a kill at most.
+        assert lost <= 2 * len(KILLS)

@@ -11,14 +11,17 @@ A burst (a shared post's signups) is sent by `drain`: each task claims every due
 DRAIN_BATCH (one UPDATE each) and sends them on one transport, so the rows queued after it find their mail
 gone already. Each row is marked sent in the database just before the mail server takes the message (the
 final "." of its DATA), so a worker killed mid-drain leaves rows either sent (the server took them) or
-claimed and unsent, sent again when their lease runs out: never a mail twice (one killed between that
-commit and the "." loses the mail it was handing over).
+claimed and unsent, sent again when their lease runs out: never a mail twice. On PostgreSQL the mark's
+COMMIT is written just before the "." and its answer read after it (commits.send), so no database round trip
+lies between the two: only a kill in the few microseconds between the two writes loses the mail it was
+handing over.
 """
 from __future__ import annotations
 
 import logging
 import smtplib
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,7 +34,7 @@ from .. import tokens
 from ..extensions import db
 from ..models import OutboxEmail, Staff, Subscriber, utcnow
 from ..publishing import publication
-from . import links, mailer, transports
+from . import commits, links, mailer, transports
 
 log = logging.getLogger(__name__)
 SEND_TASK = "service.tasks.send_outbox_email"
@@ -232,19 +235,23 @@ def _deliver(email: OutboxEmail, transport, claim: Claim) -> bool:
         return _give_up(email, str(error))
     if message is None:
         return _give_up(email, "the recipient is gone")
-    handed_over = False
+    mark: commits.Committed | commits.HeldCommit | None = None
 
-    def commit() -> None:
-        nonlocal handed_over
+    def commit() -> Callable[[], None]:
+        nonlocal mark
         if time.monotonic() >= claim.deadline:
             raise LeaseRunningOut("the claim's lease is running out")
-        _mark_sent(outbox_id, claim)
-        handed_over = True
+        mark = _mark_sent(outbox_id, claim)
+        return mark.release  # the COMMIT goes once the "." is written
 
     try:
-        transport.deliver(message.sender, message.recipient, message.data, commit)
+        try:
+            transport.deliver(message.sender, message.recipient, message.data, commit)
+        finally:
+            if mark is not None:
+                _settle(mark, outbox_id)
     except transports.DeliveryError as error:
-        if handed_over:
+        if mark is not None:
             db.session.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id)
                                .values(sent_at=None, lease_until=claim.lease_until)
                                .execution_options(synchronize_session=False))
@@ -252,22 +259,35 @@ def _deliver(email: OutboxEmail, transport, claim: Claim) -> bool:
         email = db.session.get(OutboxEmail, outbox_id) or email
         return _give_up(email, str(error)) if error.permanent else _retry_later(email, str(error))
     except (OSError, smtplib.SMTPException):
-        if not handed_over:
+        if mark is None:
             raise
         log.warning("outbox email %s: connection lost after end of data; taken as sent", outbox_id)
     return True
 
 
-def _mark_sent(outbox_id: int, claim: Claim) -> None:
-    """Sent, if the row is still this claim's; LeaseRunningOut when it is not (the mail is then abandoned)."""
+def _mark_sent(outbox_id: int, claim: Claim) -> commits.Committed | commits.HeldCommit:
+    """Sent, if the row is still this claim's: its COMMIT is written, and its answer read after the "." (on
+    PostgreSQL; see commits.send). LeaseRunningOut when it is not (the mail is then abandoned)."""
     marked = cast(CursorResult, db.session.execute(
         update(OutboxEmail).where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None),
                                   OutboxEmail.lease_until == claim.lease_until)
         .values(sent_at=utcnow(), lease_until=None, error=None).execution_options(synchronize_session=False)
     )).rowcount
-    db.session.commit()
     if marked != 1:
+        db.session.rollback()
         raise LeaseRunningOut(f"outbox email {outbox_id}: the claim was lost")
+    return commits.send()
+
+
+def _settle(mark: commits.Committed | commits.HeldCommit, outbox_id: int) -> None:
+    """Read the answer to the mark's COMMIT, once the server has the mail."""
+    try:
+        mark.settle()
+    except commits.CommitUnconfirmed as trouble:
+        # Handed over, and perhaps not marked: if the COMMIT did not take, the row stays claimed and is sent
+        # again when the claim runs out. Like a connection lost after the ".", the one case left where a
+        # reader may get a mail twice.
+        log.warning("outbox email %s: handed over, its mark unconfirmed (%s); it may be sent again", outbox_id, trouble)
 
 
 def _release(claim: Claim, ids: list[int], problem: str | None = None) -> None:

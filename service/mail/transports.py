@@ -69,18 +69,21 @@ class FileTransport:
 
     def deliver(self, from_addr: str, to_addr: str, message: bytes, commit) -> None:
         """Like SMTPTransport.deliver: `commit()` runs right before the message is handed over, which here is
-        the rename of a file written whole (a full disk fails the write, before any hand-over)."""
+        the rename of a file written whole (a full disk fails the write, before any hand-over), and what it
+        returns, when not None, right after."""
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
         name = f"{stamp}-{uuid.uuid4().hex[:8]}.eml"
         partial = self.folder / f".{name}.part"
         try:
             with os.fdopen(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as stream:
                 stream.write(message)
-            commit()
+            handed_over = commit()
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
         os.rename(partial, self.folder / name)
+        if handed_over is not None:
+            handed_over()
         log.warning("email to %s written to %s; links: %s", to_addr, self.folder / name, " ".join(links_in(message)))
 
     def close(self) -> None:
@@ -174,17 +177,20 @@ class SMTPTransport:
     def deliver(self, from_addr: str, to_addr: str, message: bytes, commit) -> None:
         """One message to one recipient; `commit()` runs after the content is sent and before the final
         "." that makes the server take it, so the caller can record the hand-over first (and raise to
-        abandon it: the server then drops the unfinished message). Refusals raise DeliveryError; a
-        connection lost after the "." raises SMTPServerDisconnected, the message then probably taken."""
+        abandon it: the server then drops the unfinished message); what it returns, when not None, is
+        called as soon as the "." is written. Refusals raise DeliveryError; a connection lost after the
+        "." raises SMTPServerDisconnected, the message then probably taken."""
         self._pace()
         connection = self._ready_for_data(from_addr, to_addr)
         try:
             connection.send(_dot_stuffed(message))
-            commit()
+            dot_written = commit()
         except BaseException:
             self._drop()
             raise
         connection.send(b".\r\n")
+        if dot_written is not None:
+            dot_written()
         code, reply = connection.getreply()
         if code != 250:
             if code == 421:
