@@ -154,6 +154,10 @@ def stack(tmp_path, mailbox_server):
         "KEEPREADING_ADDRESS_RATE_LIMIT": "100000000/minute",
         "KEEPREADING_RATE_LIMIT_PREFIX": f"kr-load-{os.getpid()}-{time.time_ns()}",
         "KEEPREADING_PAGE_CACHE_SECONDS": "2",
+        # A drain whose database went away mid-batch leaves its claimed rows to their lease (300 s by default),
+        # then flush_outbox queues them again: shortened here so that the wait for every confirmation below
+        # (150 s) covers it.
+        "KEEPREADING_OUTBOX_LEASE": "30",
     })
     scenario.sink = None
     scenario.prepare()  # the schema, a post, two workers and beat

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from flask import current_app
 
+from ..mail import commits
 from ..models import Digest
 
 if TYPE_CHECKING:
@@ -51,26 +54,37 @@ class RedisJournal:
         self.fresh = True
         self.connection: Connection | None = None  # held for the batch: a record is one write, no pool or retry layers
         self.unread = 0  # replies of records not read yet
+        self.corked: socket.socket | None = None  # the record held back until the "." is written
 
-    def record(self, delivery_id: int) -> None:
+    def record(self, delivery_id: int) -> Callable[[], None]:
         """Write SADD (and EXPIRE the first time) without waiting for the answer: the final "." follows at once,
         so a worker killed between the two dies in a few microseconds of no I/O, not in a Redis round trip
         (the window through which a killed worker's mail could be recorded yet never handed over).
-        The kernel delivers what was written even if the process dies; `settle` reads the answers."""
+        The kernel holds the record (TCP_CORK, see mail.commits.cork) until the returned `release` runs, once
+        the "." is written, and delivers it even if the process dies; `settle` reads the answers."""
         commands = [("SADD", self.key, delivery_id)] + ([("EXPIRE", self.key, TTL)] if self.fresh else [])
         try:
             self.settle()
             if self.connection is None:
                 self.connection = self.client.connection_pool.get_connection()
+                self.connection.connect()
+            if self.connection._sock is not None:
+                self.corked = commits.cork(self.connection._sock.fileno())
             self.connection.send_packed_command(self.connection.pack_commands(commands))
         except Exception as trouble:
             self._broken()
             raise JournalError(f"send journal: {trouble}") from trouble
         self.unread += len(commands)
         self.fresh = False
+        return self.release
+
+    def release(self) -> None:
+        corked, self.corked = self.corked, None
+        commits.uncork(corked)
 
     def settle(self) -> None:
         """Read the answers of the records written so far."""
+        self.release()
         try:
             while self.unread:
                 assert self.connection is not None
@@ -81,6 +95,7 @@ class RedisJournal:
             raise JournalError(f"send journal: {trouble}") from trouble
 
     def _broken(self) -> None:
+        self.release()
         if self.connection is not None:
             self.connection.disconnect()  # a reply may be left unread: never hand it back as it is
             self.client.connection_pool.release(self.connection)

@@ -275,11 +275,12 @@ def _send_one(transport, journal, from_address: str, message: bytes, row: Claime
               heartbeat: Heartbeat, outcomes: Outcomes) -> None:
     handed_over = False
 
-    def commit() -> None:
+    def commit():
         nonlocal handed_over
         heartbeat.check()
-        journal.record(row.delivery_id)  # written, its answer read after the final "." (journal.settle)
+        release = journal.record(row.delivery_id)  # written, its answer read after the final "." (journal.settle)
         handed_over = True
+        return release  # the transport runs it once the "." is written: the record is held back until then
 
     try:
         try:

@@ -43,9 +43,7 @@ class HeldCommit:
     def release(self) -> None:
         """Let the kernel send the COMMIT (if this fails, it sends it within 200 ms anyway, and at once on close)."""
         corked, self.corked = self.corked, None
-        if corked is not None:
-            with corked, contextlib.suppress(OSError):
-                corked.setsockopt(socket.IPPROTO_TCP, cast(int, TCP_CORK), 0)
+        uncork(corked)
 
     def settle(self) -> None:
         """Read the COMMIT's answer, and end the session's transaction on it (psycopg finds libpq idle and sends
@@ -100,13 +98,23 @@ def send() -> Committed | HeldCommit:
 
 
 def _cork(pgconn: PGconn) -> socket.socket | None:
-    """The connection's socket (a duplicate descriptor), told to hold what is written; None when it cannot (a
-    Unix socket, a system without TCP_CORK): what is written then goes at once."""
+    try:
+        return cork(pgconn.socket)
+    except psycopg.Error:
+        return None
+
+
+def cork(fileno: int) -> socket.socket | None:
+    """A connection's socket (a duplicate descriptor), told to hold what is written until `uncork`; None when it
+    cannot (a Unix socket, a system without TCP_CORK): what is written then goes at once. A process that dies
+    corked still has what it wrote sent, as its sockets close. Used for a record written just before a mail's
+    final ".": sent at once, it wakes the server's process, which on a busy machine may run in the sender's place
+    and leave the "." unwritten for up to a millisecond (the send journal's Redis, PostgreSQL's COMMIT)."""
     if TCP_CORK is None:
         return None
     try:
-        sock = socket.socket(fileno=os.dup(pgconn.socket))
-    except (OSError, psycopg.Error):
+        sock = socket.socket(fileno=os.dup(fileno))
+    except OSError:
         return None
     with contextlib.suppress(OSError):
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -114,6 +122,13 @@ def _cork(pgconn: PGconn) -> socket.socket | None:
             return sock
     sock.close()
     return None
+
+
+def uncork(corked: socket.socket | None) -> None:
+    """Let the kernel send what `cork` held (if this fails, it sends it within 200 ms anyway, and at once on close)."""
+    if corked is not None:
+        with corked, contextlib.suppress(OSError):
+            corked.setsockopt(socket.IPPROTO_TCP, cast(int, TCP_CORK), 0)
 
 
 def _write(pgconn: PGconn, query: bytes) -> None:
