@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import cast
 
@@ -179,9 +179,9 @@ def staff_for_session(token: str | None) -> Staff | None:
     if found is None:
         return None
     row, staff = found
-    now, config = utcnow(), current_app.config
-    if (now - row.last_seen_at > timedelta(seconds=config["STUDIO_IDLE_TIMEOUT"])
-            or now - row.created_at > timedelta(seconds=config["STUDIO_SESSION_MAX_AGE"])):
+    now = utcnow()
+    seen_since, started_since = _live_since(now)
+    if row.last_seen_at < seen_since or row.created_at < started_since:
         db.session.delete(row)
         db.session.commit()
         return None
@@ -194,12 +194,19 @@ def staff_for_session(token: str | None) -> Staff | None:
 def sweep_sessions() -> int:
     """Delete the sessions past their idle timeout or maximum age (beat, hourly): a browser that never came
     back leaves no row behind. Returns how many ended."""
-    now, config = utcnow(), current_app.config
+    seen_since, started_since = _live_since(utcnow())
     ended = cast(CursorResult, db.session.execute(delete(StudioSession).where(
-        (StudioSession.last_seen_at < now - timedelta(seconds=config["STUDIO_IDLE_TIMEOUT"]))
-        | (StudioSession.created_at < now - timedelta(seconds=config["STUDIO_SESSION_MAX_AGE"]))))).rowcount
+        (StudioSession.last_seen_at < seen_since) | (StudioSession.created_at < started_since)))).rowcount
     db.session.commit()
     return ended
+
+
+def _live_since(now: datetime) -> tuple[datetime, datetime]:
+    """A session lives while it was seen after the first moment and started after the second (the idle
+    timeout and the maximum age): one rule for the check on each request and the hourly sweep."""
+    config = current_app.config
+    return (now - timedelta(seconds=config["STUDIO_IDLE_TIMEOUT"]),
+            now - timedelta(seconds=config["STUDIO_SESSION_MAX_AGE"]))
 
 
 def end_session(token: str | None) -> None:
