@@ -1,4 +1,5 @@
-"""A commit sent ahead of its answer: the outbox's mark, written just before the final "." of its mail."""
+"""A commit sent ahead of its answer: the outbox's mark, written just before the final "." of its mail; and
+`cork`/`uncork`, which hold such a record in the kernel until the "." is written (the send journal uses them too)."""
 from __future__ import annotations
 
 import contextlib
