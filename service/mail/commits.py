@@ -1,4 +1,4 @@
-"""A commit sent ahead of its answer: the outbox's mark, written just before the final "." of its mail; and
+"""A commit sent ahead of its answer: the outbox's mark on PostgreSQL, written just before the final "." of its mail; and
 `cork`/`uncork`, which hold such a record in the kernel until the "." is written (the send journal uses them too)."""
 from __future__ import annotations
 
@@ -21,16 +21,6 @@ TCP_CORK = getattr(socket, "TCP_CORK", None)  # Linux
 
 class CommitUnconfirmed(Exception):
     """The COMMIT's answer was an error, or never came: the transaction may or may not have committed."""
-
-
-class Committed:
-    """A commit made in this process (SQLite): nothing is left to send or read."""
-
-    def release(self) -> None:
-        pass
-
-    def settle(self) -> None:
-        pass
 
 
 class HeldCommit:
@@ -67,7 +57,13 @@ class HeldCommit:
             self.session.rollback()
 
 
-def send() -> Committed | HeldCommit:
+def holds_commits() -> bool:
+    """Whether the database's COMMIT can be written ahead of the "." and its answer read after it (PostgreSQL
+    through psycopg). SQLite commits inside the worker's own process instead: see handovers."""
+    return db.session.get_bind().dialect.driver == "psycopg"
+
+
+def send() -> HeldCommit:
     """Commit the session's transaction so that the mail's "." can follow with no database round trip between.
 
     On PostgreSQL the COMMIT is written into the kernel before the "." and not waited for: the kernel delivers
@@ -78,15 +74,10 @@ def send() -> Committed | HeldCommit:
     its "." unwritten, for up to a millisecond. What is left is a few microseconds with no I/O between the two
     writes (measured with the SIGKILL test, 5 kills a run on 2 busy cores: a mail lost in every run with the
     answer awaited before the ".", in 5 runs of 29 with the COMMIT sent at once, 2 of 44 with it held).
-    `settle` reads the answer.
-
-    Other databases (SQLite: a commit in this process, no answer to wait for) commit now."""
+    `settle` reads the answer. PostgreSQL only (holds_commits)."""
     session = db.session()
     session.flush()
     connection = session.connection()
-    if connection.dialect.driver != "psycopg":
-        session.commit()
-        return Committed()
     held = HeldCommit(session, cast(psycopg.Connection, connection.connection.dbapi_connection))
     try:
         _write(held.connection.pgconn, b"COMMIT")

@@ -12,16 +12,17 @@ DRAIN_BATCH (one UPDATE each) and sends them on one transport, so the rows queue
 gone already. Each row is marked sent in the database just before the mail server takes the message (the
 final "." of its DATA), so a worker killed mid-drain leaves rows either sent (the server took them) or
 claimed and unsent, sent again when their lease runs out: never a mail twice. On PostgreSQL the mark's
-COMMIT is written just before the "." and its answer read after it (commits.send), so no database round trip
-lies between the two: only a kill in the few microseconds between the two writes loses the mail it was
-handing over.
+COMMIT is written just before the "." and its answer read after it (commits.send); on SQLite the hand-over
+is appended to a file first and the row marked after the server's answer (handovers). Either way no database
+round trip lies between the record and the ".": only a kill in the few microseconds between the two writes
+loses the mail it was handing over.
 """
 from __future__ import annotations
 
 import logging
 import smtplib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,12 +30,13 @@ from typing import cast
 
 from flask import current_app
 from sqlalchemy import CursorResult, and_, delete, or_, select, update
+from sqlalchemy.exc import OperationalError
 
 from .. import tokens
 from ..extensions import db
 from ..models import OutboxEmail, Staff, Subscriber, utcnow
 from ..publishing import publication
-from . import commits, links, mailer, transports
+from . import commits, handovers, links, mailer, transports
 
 log = logging.getLogger(__name__)
 SEND_TASK = "service.tasks.send_outbox_email"
@@ -108,7 +110,7 @@ def send(outbox_id: int) -> bool:
     """Claim the row, send it, mark it sent. False when another worker has it or it is done."""
     claim = Claim.starting_now([outbox_id])
     email = _claim(outbox_id, lease_until=claim.lease_until)
-    if email is None:
+    if email is None or _handed_over_before([email], claim):
         return False
     transport = transports.open_transport()
     try:
@@ -118,6 +120,7 @@ def send(outbox_id: int) -> bool:
         return _retry_later(email, f"{type(error).__name__}: {error}")
     finally:
         transport.close()
+        _tidy_journal()
 
 
 class LeaseRunningOut(Exception):
@@ -144,6 +147,7 @@ def drain(outbox_id: int | None = None) -> int:
     finally:
         if transport is not None:
             transport.close()
+        _tidy_journal()
     return sent
 
 
@@ -205,9 +209,12 @@ def _claim_batch(first_id: int | None) -> Claim:
 
 def _send_batch(claim: Claim, transport) -> tuple[int, bool]:
     """Send the claimed rows on `transport`: (how many went out, whether the batch stopped early)."""
-    emails = db.session.scalars(select(OutboxEmail).where(OutboxEmail.id.in_(claim.ids)).order_by(OutboxEmail.id)).all()
+    emails = db.session.scalars(select(OutboxEmail).where(OutboxEmail.id.in_(claim.ids)).order_by(OutboxEmail.id)
+                                .execution_options(populate_existing=True)).all()  # the claim's attempts, not a kept row's
     subscriber_ids = [email.subscriber_id for email in emails if email.subscriber_id]
     db.session.scalars(select(Subscriber).where(Subscriber.id.in_(subscriber_ids))).all()  # one query, not one per row
+    done = _handed_over_before(emails, claim)
+    emails = [email for email in emails if email.id not in done]
     sent = 0
     for index, email in enumerate(emails):
         try:
@@ -227,7 +234,8 @@ def _send_batch(claim: Claim, transport) -> tuple[int, bool]:
 
 
 def _deliver(email: OutboxEmail, transport, claim: Claim) -> bool:
-    """One claimed row: composed now, marked sent just before the server takes it."""
+    """One claimed row: composed now, its hand-over recorded just before the server takes it (the row marked
+    sent on PostgreSQL; on SQLite appended to the process's hand-over file, the row marked after the answer)."""
     outbox_id = email.id
     try:
         message = _message(email)
@@ -235,13 +243,20 @@ def _deliver(email: OutboxEmail, transport, claim: Claim) -> bool:
         return _give_up(email, str(error))
     if message is None:
         return _give_up(email, "the recipient is gone")
-    mark: commits.Committed | commits.HeldCommit | None = None
+    journal = None if commits.holds_commits() else handovers.of_process(current_app.instance_path)
+    mark: commits.HeldCommit | None = None
+    handed_over = False
 
-    def commit() -> Callable[[], None]:
-        nonlocal mark
+    def commit() -> Callable[[], None] | None:
+        nonlocal mark, handed_over
         if time.monotonic() >= claim.deadline:
             raise LeaseRunningOut("the claim's lease is running out")
+        if journal is not None:
+            journal.record(outbox_id)
+            handed_over = True
+            return None
         mark = _mark_sent(outbox_id, claim)
+        handed_over = True
         return mark.release  # the COMMIT goes once the "." is written
 
     try:
@@ -251,6 +266,8 @@ def _deliver(email: OutboxEmail, transport, claim: Claim) -> bool:
             if mark is not None:
                 _settle(mark, outbox_id)
     except transports.DeliveryError as error:
+        if journal is not None and handed_over:
+            journal.retract(outbox_id)
         if mark is not None:
             db.session.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id)
                                .values(sent_at=None, lease_until=claim.lease_until)
@@ -259,15 +276,17 @@ def _deliver(email: OutboxEmail, transport, claim: Claim) -> bool:
         email = db.session.get(OutboxEmail, outbox_id) or email
         return _give_up(email, str(error)) if error.permanent else _retry_later(email, str(error))
     except (OSError, smtplib.SMTPException):
-        if mark is None:
+        if not handed_over:
             raise
         log.warning("outbox email %s: connection lost after end of data; taken as sent", outbox_id)
+    if journal is not None:
+        _mark_handed_over(outbox_id, claim, journal)
     return True
 
 
-def _mark_sent(outbox_id: int, claim: Claim) -> commits.Committed | commits.HeldCommit:
-    """Sent, if the row is still this claim's: its COMMIT is written, and its answer read after the "." (on
-    PostgreSQL; see commits.send). LeaseRunningOut when it is not (the mail is then abandoned)."""
+def _mark_sent(outbox_id: int, claim: Claim) -> commits.HeldCommit:
+    """Sent, if the row is still this claim's: its COMMIT is written, and its answer read after the "."
+    (PostgreSQL; see commits.send). LeaseRunningOut when it is not (the mail is then abandoned)."""
     marked = cast(CursorResult, db.session.execute(
         update(OutboxEmail).where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None),
                                   OutboxEmail.lease_until == claim.lease_until)
@@ -279,7 +298,57 @@ def _mark_sent(outbox_id: int, claim: Claim) -> commits.Committed | commits.Held
     return commits.send()
 
 
-def _settle(mark: commits.Committed | commits.HeldCommit, outbox_id: int) -> None:
+def _mark_handed_over(outbox_id: int, claim: Claim, journal: handovers.Handovers) -> None:
+    """A hand-over the journal holds, now marked in the database (SQLite). While the database is busy or away
+    the record stands in for the mark: the row is marked when its claim runs out (`_handed_over_before`)."""
+    try:
+        db.session.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None),
+                                                     OutboxEmail.lease_until == claim.lease_until)
+                           .values(sent_at=utcnow(), lease_until=None, error=None)
+                           .execution_options(synchronize_session=False))
+        db.session.commit()
+    except OperationalError as trouble:
+        db.session.rollback()
+        log.warning("outbox email %s: handed over, marked sent later (%s)", outbox_id, trouble)
+        return
+    journal.marked(outbox_id)  # marked now, or by whoever took the row over after its claim ran out
+
+
+def _handed_over_before(emails: Sequence[OutboxEmail], claim: Claim) -> set[int]:
+    """Rows claimed again whose earlier claim handed them over (a worker killed between the "." and the mark,
+    SQLite): marked sent now, not sent again. Their ids."""
+    again = [email.id for email in emails if email.attempts > 1]
+    if not again or commits.holds_commits():
+        return set()
+    done = handovers.recorded(current_app.instance_path, again)
+    if done:
+        db.session.execute(update(OutboxEmail).where(OutboxEmail.id.in_(done), OutboxEmail.sent_at.is_(None),
+                                                     OutboxEmail.lease_until == claim.lease_until)
+                           .values(sent_at=utcnow(), lease_until=None, error=None)
+                           .execution_options(synchronize_session=False))
+        db.session.commit()
+        log.warning("outbox emails %s: handed over by a worker that stopped before marking them; marked sent",
+                    sorted(done))
+    return done
+
+
+def _tidy_journal() -> None:
+    if not commits.holds_commits():
+        handovers.of_process(current_app.instance_path).tidy()
+
+
+def _settle_recorded(ids: set[int]) -> set[int]:
+    """Rows a gone process handed over: marked sent unless a live claim holds them; the ids still waiting."""
+    now = utcnow()
+    db.session.execute(update(OutboxEmail).where(
+        OutboxEmail.id.in_(ids), OutboxEmail.sent_at.is_(None),
+        or_(OutboxEmail.lease_until.is_(None), OutboxEmail.lease_until < now),
+    ).values(sent_at=now, lease_until=None, error=None).execution_options(synchronize_session=False))
+    db.session.commit()
+    return set(db.session.scalars(select(OutboxEmail.id).where(OutboxEmail.id.in_(ids), OutboxEmail.sent_at.is_(None))))
+
+
+def _settle(mark: commits.HeldCommit, outbox_id: int) -> None:
     """Read the answer to the mark's COMMIT, once the server has the mail."""
     try:
         mark.settle()
@@ -330,6 +399,8 @@ def flush() -> int:
         or_(OutboxEmail.created_at <= now - STALE_AFTER, OutboxEmail.attempts >= MAX_ATTEMPTS),
     ).execution_options(synchronize_session=False))
     db.session.commit()
+    if not commits.holds_commits():  # the hand-overs of workers that died before marking them
+        handovers.sweep(current_app.instance_path, _settle_recorded, STALE_AFTER.total_seconds())
     due = select(OutboxEmail.id, OutboxEmail.kind).where(
         OutboxEmail.sent_at.is_(None),
         OutboxEmail.attempts < MAX_ATTEMPTS,
