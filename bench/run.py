@@ -214,11 +214,14 @@ class CpuAccount:
         self.tick = os.sysconf("SC_CLK_TCK")
 
     def _kind(self, pid: int, name: str) -> str:
-        if pid == self.worker or pid in children(self.worker):
+        if pid == os.getpid():  # the bench's children: `digest send --wait`
+            return "digest send --wait"
+        if pid == self.worker or pid in self.pool:
             return "worker (pool + main)"
         return next((label for prefix, label in self.KINDS if name.startswith(prefix)), "everything else")
 
     def _read(self) -> tuple[dict[int, tuple[str, int]], int]:
+        self.pool = set(children(self.worker))
         found = {}
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -228,7 +231,10 @@ class CpuAccount:
             name = text[text.index("(") + 1:text.rindex(")")]
             fields = text[text.rindex(")") + 2:].split()
             pid = int(stat.parent.name)
-            found[pid] = (self._kind(pid, name), int(fields[11]) + int(fields[12]))
+            # the process's own time, and its children's that ended meanwhile (a PostgreSQL backend whose
+            # connection closed, `digest send --wait` once the bench has waited for it)
+            own, ended = int(fields[11]) + int(fields[12]), int(fields[13]) + int(fields[14])
+            found[pid] = (self._kind(pid, name), ended if pid == os.getpid() else own + ended)
         idle = sum(int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[4:6])
         return found, idle
 
