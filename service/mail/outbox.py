@@ -287,25 +287,25 @@ def _deliver(email: OutboxEmail, transport, claim: Claim) -> bool:
 def _mark_sent(outbox_id: int, claim: Claim) -> commits.HeldCommit:
     """Sent, if the row is still this claim's: its COMMIT is written, and its answer read after the "."
     (PostgreSQL; see commits.send). LeaseRunningOut when it is not (the mail is then abandoned)."""
-    marked = cast(CursorResult, db.session.execute(
-        update(OutboxEmail).where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None),
-                                  OutboxEmail.lease_until == claim.lease_until)
-        .values(sent_at=utcnow(), lease_until=None, error=None).execution_options(synchronize_session=False)
-    )).rowcount
+    marked = _mark(OutboxEmail.id == outbox_id, OutboxEmail.lease_until == claim.lease_until).rowcount
     if marked != 1:
         db.session.rollback()
         raise LeaseRunningOut(f"outbox email {outbox_id}: the claim was lost")
     return commits.send()
 
 
+def _mark(*where) -> CursorResult:
+    """Mark sent the unsent rows `where` holds (uncommitted): the one statement of every way a row is marked."""
+    return cast(CursorResult, db.session.execute(
+        update(OutboxEmail).where(OutboxEmail.sent_at.is_(None), *where)
+        .values(sent_at=utcnow(), lease_until=None, error=None).execution_options(synchronize_session=False)))
+
+
 def _mark_handed_over(outbox_id: int, claim: Claim, journal: handovers.Handovers) -> None:
     """A hand-over the journal holds, now marked in the database (SQLite). While the database is busy or away
     the record stands in for the mark: the row is marked when its claim runs out (`_handed_over_before`)."""
     try:
-        db.session.execute(update(OutboxEmail).where(OutboxEmail.id == outbox_id, OutboxEmail.sent_at.is_(None),
-                                                     OutboxEmail.lease_until == claim.lease_until)
-                           .values(sent_at=utcnow(), lease_until=None, error=None)
-                           .execution_options(synchronize_session=False))
+        _mark(OutboxEmail.id == outbox_id, OutboxEmail.lease_until == claim.lease_until)
         db.session.commit()
     except OperationalError as trouble:
         db.session.rollback()
@@ -322,10 +322,7 @@ def _handed_over_before(emails: Sequence[OutboxEmail], claim: Claim) -> set[int]
         return set()
     done = handovers.recorded(current_app.instance_path, again)
     if done:
-        db.session.execute(update(OutboxEmail).where(OutboxEmail.id.in_(done), OutboxEmail.sent_at.is_(None),
-                                                     OutboxEmail.lease_until == claim.lease_until)
-                           .values(sent_at=utcnow(), lease_until=None, error=None)
-                           .execution_options(synchronize_session=False))
+        _mark(OutboxEmail.id.in_(done), OutboxEmail.lease_until == claim.lease_until)
         db.session.commit()
         log.warning("outbox emails %s: handed over by a worker that stopped before marking them; marked sent",
                     sorted(done))
@@ -339,11 +336,7 @@ def _tidy_journal() -> None:
 
 def _settle_recorded(ids: set[int]) -> set[int]:
     """Rows a gone process handed over: marked sent unless a live claim holds them; the ids still waiting."""
-    now = utcnow()
-    db.session.execute(update(OutboxEmail).where(
-        OutboxEmail.id.in_(ids), OutboxEmail.sent_at.is_(None),
-        or_(OutboxEmail.lease_until.is_(None), OutboxEmail.lease_until < now),
-    ).values(sent_at=now, lease_until=None, error=None).execution_options(synchronize_session=False))
+    _mark(OutboxEmail.id.in_(ids), or_(OutboxEmail.lease_until.is_(None), OutboxEmail.lease_until < utcnow()))
     db.session.commit()
     return set(db.session.scalars(select(OutboxEmail.id).where(OutboxEmail.id.in_(ids), OutboxEmail.sent_at.is_(None))))
 
