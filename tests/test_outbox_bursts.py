@@ -128,7 +128,8 @@ def dead_workers_journal(app, ids: list[int], retracted: tuple[int, ...] = ()) -
     return path
 
 
-def test_sqlite_records_each_hand_over_before_the_dot_and_empties_its_file_once_marked(app, backend, mailbox, own_queue):
+def test_sqlite_records_each_hand_over_before_the_dot_and_empties_its_file_once_marked(app, backend, mailbox, own_queue,
+                                                                                     monkeypatch):
     if backend.name != "sqlite":
         pytest.skip("PostgreSQL's mark is its COMMIT, held until the \".\" (see above)")
     with app.app_context():
@@ -140,11 +141,8 @@ def test_sqlite_records_each_hand_over_before_the_dot_and_empties_its_file_once_
             original(journal, outbox_id)
             seen.append(handovers.recorded(app.instance_path, ids))
 
-        handovers.Handovers.record = record  # type: ignore[method-assign]
-        try:
-            assert outbox.drain() == 3
-        finally:
-            handovers.Handovers.record = original  # type: ignore[method-assign]
+        monkeypatch.setattr(handovers.Handovers, "record", record)
+        assert outbox.drain() == 3
         assert seen == [set(ids[:1]), set(ids[:2]), set(ids)]
         assert handovers.recorded(app.instance_path, ids) == set()  # all marked: the file is empty again
         assert all(row.sent_at for row in db.session.scalars(select(OutboxEmail)))
