@@ -703,22 +703,15 @@ def cpu_row(size: int, result: dict) -> tuple[str, str, str]:
 
 def digest_miss_rows(profiled: dict) -> list[tuple[str, str, str]]:
     """Where a sending pool process's time goes (py-spy --idle over a smaller run): samples by category."""
-    raw = CACHE / f"profile-digests-{profiled['subscribers']:,}.txt".replace(",", "")
+    raw = CACHE / f"profile-digests-{profiled['subscribers']}.txt"
     shares: Counter[str] = Counter()
-    for line in raw.read_text().splitlines():
-        stack, _, count = line.rpartition(" ")
-        frames = [_frame(frame) for frame in stack.split(";") if not frame.startswith("process ")]
+    for frames, count in stacks(raw):
         if any(file == "service/tasks.py" for _, file in frames):  # a task's thread; not the pool's waits, not heartbeats
-            shares[digest_category(frames)] += int(count)
+            shares[digest_category(frames)] += count
     total = sum(shares.values())
-    lines = [("  1,000,000 target not met: profile", f"{total:,} samples in tasks (py-spy, 250/s) over a {profiled['subscribers']:,} run "
-              f"at {profiled['send_rate']:,.0f}/s", f"raw: {raw.relative_to(ROOT)}")]
-    lines += [(f"    {name}", f"{count / total:.1%}", f"{count:,} samples") for name, count in shares.most_common()
-              if count >= SHOWN_SHARE * total]
-    rest = total - sum(count for name, count in shares.most_common() if count >= SHOWN_SHARE * total)
-    if rest:
-        lines.append((f"    the rest (each < {SHOWN_SHARE:.1%})", f"{rest / total:.1%}", f"{rest:,} samples"))
-    return lines
+    head = ("  1,000,000 target not met: profile", f"{total:,} samples in tasks (py-spy, 250/s) over a "
+            f"{profiled['subscribers']:,} run at {profiled['send_rate']:,.0f}/s", f"raw: {raw.relative_to(ROOT)}")
+    return [head] + share_rows(shares, total)
 
 
 def digest_category(frames: list[tuple[str, str]]) -> str:
@@ -968,14 +961,29 @@ def where_time_goes(raw: Path) -> tuple[Counter[str], int, int]:
     """Samples in requests by category, the number of them, and the number of samples outside requests."""
     shares: Counter[str] = Counter()
     outside = 0
+    for frames, count in stacks(raw):
+        if any(function.endswith("Worker.handle") and file.startswith("gunicorn/workers/") for function, file in frames):
+            shares[category(frames)] += count
+        else:
+            outside += count
+    return shares, sum(shares.values()), outside
+
+
+def stacks(raw: Path):
+    """py-spy's collapsed stacks (--format raw): each stack's frames as (function, file), and its samples."""
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
-        frames = [_frame(frame) for frame in stack.split(";") if not frame.startswith("process ")]
-        if any(function.endswith("Worker.handle") and file.startswith("gunicorn/workers/") for function, file in frames):
-            shares[category(frames)] += int(count)
-        else:
-            outside += int(count)
-    return shares, sum(shares.values()), outside
+        yield [_frame(frame) for frame in stack.split(";") if not frame.startswith("process ")], int(count)
+
+
+def share_rows(shares: Counter[str], total: int) -> list[tuple[str, str, str]]:
+    """A row a category, largest first; those under SHOWN_SHARE of `total` summed into one."""
+    shown = [(name, count) for name, count in shares.most_common() if count >= SHOWN_SHARE * total]
+    lines = [(f"    {name}", f"{count / total:.1%}", f"{count:,} samples") for name, count in shown]
+    rest = total - sum(count for _, count in shown)
+    if rest:
+        lines.append((f"    the rest (each < {SHOWN_SHARE:.1%})", f"{rest / total:.1%}", f"{rest:,} samples"))
+    return lines
 
 
 def _frame(frame: str) -> tuple[str, str]:
@@ -1034,15 +1042,11 @@ def miss_rows(target: WebTarget, result: dict, floor: dict, raw: Path, profiled:
               in_requests: int, trips: dict) -> list[tuple[str, str, str]]:
     """The measured breakdown of a missed target: samples by category, round trips by statement."""
     needed = result["rate"] / (target.ratio * floor["rate"])
-    shown = [(name, count) for name, count in shares.most_common() if count >= SHOWN_SHARE * in_requests]
-    rest = in_requests - sum(count for _, count in shown)
     head = (f"  {target.name}, not met: profile", f"{in_requests:,} samples in requests (py-spy --idle, 250/s, "
             f"{profiled['rate']:,.0f} req/s while sampled)",
             f"raw: {raw.relative_to(ROOT)}; at 16 connections ≥ {target.ratio}× needs a request in "
             f"{min(needed, 1):.0%} of its measured time")
-    lines = [head] + [(f"    {name}", f"{count / in_requests:.1%}", f"{count:,} samples") for name, count in shown]
-    if rest:
-        lines.append((f"    the rest (each < {SHOWN_SHARE:.1%})", f"{rest / in_requests:.1%}", f"{rest:,} samples"))
+    lines = [head] + share_rows(shares, in_requests)
     requests = trips["requests"]
     statements = trips["statements"]
     total = sum(statement["round_trips"] for statement in statements.values()) / requests
